@@ -1,0 +1,96 @@
+"""Agent configuration: a small TOML file written by ``edgekit device add`` / the demo.
+
+Example::
+
+    device_id = "pi-01"
+    fleet = "default"
+    profile = "raspberry-pi-4"          # id of a bundled profile, or a path to a TOML profile
+    data_dir = "/var/lib/edgekit"
+    trusted_root = "/etc/edgekit/root.json"
+    [mqtt]
+    host = "127.0.0.1"
+    port = 1883
+    [telemetry]
+    interval_s = 30
+    [inference]
+    threads = 0                         # 0 = the profile's default
+    http_port = 0                       # local endpoint on 127.0.0.1 (0 = off)
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekit.core.errors import ConfigError
+from edgekit.core.schema import matches, non_negative, positive, validate
+from edgekit.core.topics import NAME_RE
+
+SCHEMA = {
+    "device_id": (str, True, matches(NAME_RE, "1-64 letters, digits, '_', '.', '-'")),
+    "fleet": (str, False, matches(NAME_RE, "1-64 letters, digits, '_', '.', '-'")),
+    "profile": (str, True, None),
+    "data_dir": (str, True, None),
+    "trusted_root": (str, True, None),
+    "mqtt": {"host": (str, True, None), "port": (int, True, positive), "keepalive_s": (int, False, positive)},
+    "telemetry": {"interval_s": ((int, float), False, positive)},
+    "inference": {"threads": (int, False, non_negative), "http_port": (int, False, non_negative),
+                  "timeout_s": ((int, float), False, positive)},
+    "install": {"allow_expired": (bool, False, None), "health_runs": (int, False, positive)},
+}
+
+
+@dataclass
+class AgentConfig:
+    device_id: str
+    profile: str
+    data_dir: Path
+    trusted_root: Path
+    fleet: str = "default"
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    keepalive_s: int = 30
+    telemetry_interval_s: float = 30.0
+    threads: int = 0
+    http_port: int = 0
+    inference_timeout_s: float = 10.0
+    allow_expired: bool = False
+    health_runs: int = 20
+    path: Path | None = field(default=None, repr=False)
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"agent config not found: {path}", hint="Pass --config PATH to a TOML file.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    errors = validate(raw, SCHEMA, optional_sections=frozenset({"mqtt", "telemetry", "inference", "install"}))
+    if errors:
+        raise ConfigError(f"{path}: invalid agent config:\n  - " + "\n  - ".join(errors), errors=errors)
+    base = path.parent
+    mqtt, tel, inf, ins = (raw.get(k, {}) for k in ("mqtt", "telemetry", "inference", "install"))
+    return AgentConfig(
+        device_id=raw["device_id"], fleet=raw.get("fleet", "default"), profile=raw["profile"],
+        data_dir=(base / raw["data_dir"]).resolve(), trusted_root=(base / raw["trusted_root"]).resolve(),
+        mqtt_host=mqtt.get("host", "127.0.0.1"), mqtt_port=mqtt.get("port", 1883),
+        keepalive_s=mqtt.get("keepalive_s", 30), telemetry_interval_s=float(tel.get("interval_s", 30)),
+        threads=inf.get("threads", 0), http_port=inf.get("http_port", 0),
+        inference_timeout_s=float(inf.get("timeout_s", 10)), allow_expired=ins.get("allow_expired", False),
+        health_runs=ins.get("health_runs", 20), path=path,
+    )
+
+
+def render_config(*, device_id: str, fleet: str, profile: str, data_dir: str, trusted_root: str,
+                  host: str, port: int, telemetry_interval_s: float = 30, http_port: int = 0) -> str:
+    """The TOML text of a config (used by the host to provision devices)."""
+    return (
+        f'device_id = "{device_id}"\nfleet = "{fleet}"\nprofile = "{profile}"\n'
+        f'data_dir = "{data_dir}"\ntrusted_root = "{trusted_root}"\n\n'
+        f'[mqtt]\nhost = "{host}"\nport = {port}\n\n'
+        f'[telemetry]\ninterval_s = {telemetry_interval_s}\n\n'
+        f'[inference]\nhttp_port = {http_port}\n'
+    )

@@ -1,0 +1,293 @@
+"""The install state machine: download → verify → stage → health check → switch → commit.
+
+States and their transitions are data (``TRANSITIONS``); each state has one handler that does
+I/O. The state record (``state.json``) is written atomically *before* each handler runs, so
+after a crash :meth:`Installer.recover` re-enters the persisted state, whose handler is
+idempotent. ``attempts`` counts entries into the machine per deployment: past ``MAX_ATTEMPTS``
+the deployment fails instead of looping. The serving slot is never written: a failure at any
+point leaves the previous model serving (after the switch, a failure switches back).
+
+Every transition is reported through ``emit(state, ok, details, error)``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgekit.core import parity
+from edgekit.core.atomic import atomic_write_json, ensure_free_space, read_json, remove_tree
+from edgekit.core.errors import (BundleError, CompatibilityError, EdgekitError, InstallError, ParityError,
+                                 RollbackError)
+from edgekit.core.profiles import Profile
+
+from .runtime import Runner, available_engines, load_runner
+from .slots import Slots
+
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("downloading", "ok"): "verifying",
+    ("verifying", "ok"): "staging",
+    ("staging", "ok"): "health_check",
+    ("health_check", "ok"): "switching",
+    ("switching", "ok"): "committed",
+    ("downloading", "fail"): "failed",
+    ("verifying", "fail"): "failed",
+    ("staging", "fail"): "failed",
+    ("health_check", "fail"): "failed",
+    ("switching", "fail"): "rolling_back",
+    ("rolling_back", "ok"): "rolled_back",
+    ("rolling_back", "fail"): "rolled_back",
+}
+TERMINAL = ("committed", "failed", "rolled_back", "already_installed")
+MAX_ATTEMPTS = 3
+AGENT_BUILD_TIME = 1795600000.0  # a floor for the clock of devices without an RTC (2026-11)
+
+Emit = Callable[[str, bool, dict, "EdgekitError | None"], None]
+
+
+@dataclass
+class InstallRequest:
+    deployment_id: str
+    bundle_path: str | None = None          # a local file (bench flashing) ...
+    url: str | None = None                  # ... or a download described by a notice
+    sha256: str | None = None
+    length: int | None = None
+    model: str | None = None
+    version: str | None = None
+    allow_downgrade: bool = False
+
+
+@dataclass
+class InstallRecord:
+    request: InstallRequest
+    state: str
+    attempts: int = 1
+    slot: str | None = None
+    previous_slot: str | None = None
+    error: dict | None = None
+    details: dict = field(default_factory=dict)
+
+
+class Installer:
+    def __init__(self, data_dir: Path, profile: Profile, trusted_root: Path, emit: Emit, *,
+                 threads: int = 0, allow_expired: bool = False, health_runs: int = 20,
+                 on_commit: Callable[[Path, dict], None] | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.profile, self.trusted_root, self.emit = profile, trusted_root, emit
+        self.threads, self.allow_expired, self.health_runs = threads, allow_expired, health_runs
+        self.on_commit = on_commit
+        self.slots = Slots(self.data_dir)
+        self.state_path = self.data_dir / "state.json"
+        self.handlers: dict[str, Callable[[InstallRecord], None]] = {
+            "downloading": self._download, "verifying": self._verify, "staging": self._stage,
+            "health_check": self._health_check, "switching": self._switch, "rolling_back": self._roll_back,
+        }
+        self._verified_manifest: dict | None = None
+
+    # -- persistence -------------------------------------------------------------------------
+    def _save(self, rec: InstallRecord) -> None:
+        atomic_write_json(self.state_path, {**asdict(rec), "request": asdict(rec.request), "ts": time.time()})
+
+    def load_record(self) -> InstallRecord | None:
+        raw = read_json(self.state_path)
+        if not raw:
+            return None
+        raw.pop("ts", None)
+        return InstallRecord(**{**raw, "request": InstallRequest(**raw["request"])})
+
+    def _work(self, rec: InstallRecord) -> Path:
+        return self.data_dir / "work" / rec.request.deployment_id
+
+    # -- driver ------------------------------------------------------------------------------
+    def install(self, request: InstallRequest) -> InstallRecord:
+        first = "downloading" if request.url else "verifying"
+        rec = InstallRecord(request=request, state=first, previous_slot=self.slots.current())
+        return self._drive(rec)
+
+    def recover(self) -> InstallRecord | None:
+        """Resume an install interrupted by a crash or power cut (no-op if none)."""
+        rec = self.load_record()
+        if rec is None or rec.state in TERMINAL:
+            return rec
+        rec.attempts += 1
+        if rec.attempts > MAX_ATTEMPTS:
+            err = InstallError(f"install of {rec.request.deployment_id} interrupted {rec.attempts - 1} times; giving up")
+            return self._finish(rec, "failed" if rec.state != "switching" else "rolling_back", err)
+        self.emit("recovering", True, {"from_state": rec.state, "attempt": rec.attempts}, None)
+        return self._drive(rec)
+
+    def _drive(self, rec: InstallRecord) -> InstallRecord:
+        while rec.state not in TERMINAL:
+            self._save(rec)  # persist *before* the side effect
+            self.emit(rec.state, True, dict(rec.details), None)
+            try:
+                self.handlers[rec.state](rec)
+                outcome, err = "ok", None
+            except EdgekitError as exc:
+                outcome, err = "fail", exc
+            except Exception as exc:  # a bug or an unexpected library error: never leave a half state
+                outcome, err = "fail", InstallError(f"unexpected error in {rec.state}: {exc!r}")
+            if rec.state == "verifying" and isinstance(err, _AlreadyInstalled):
+                return self._finish(rec, "already_installed", None)
+            nxt = TRANSITIONS[(rec.state, outcome)]
+            if err is not None:
+                rec.error = err.to_dict()
+                rec.details["failed_state"] = rec.state
+                if nxt == "failed":
+                    return self._finish(rec, "failed", err)
+            rec.state = nxt
+        return self._finish(rec, rec.state, None)
+
+    def _finish(self, rec: InstallRecord, state: str, err: EdgekitError | None) -> InstallRecord:
+        rec.state = state
+        if err is not None:
+            rec.error = err.to_dict()
+        remove_tree(self._work(rec))
+        self._save(rec)
+        ok = state in ("committed", "already_installed")
+        self.emit(state, ok, dict(rec.details), err if err else (None if ok else _error_from(rec.error)))
+        return rec
+
+    # -- handlers (each idempotent) --------------------------------------------------------
+    def _download(self, rec: InstallRecord) -> None:
+        from .fetch import download
+
+        req = rec.request
+        path = self.data_dir / "downloads" / f"{req.deployment_id}.bundle"
+        if not path.exists():
+            download(req.url, path, length=req.length, sha256=req.sha256)
+        req.bundle_path = str(path)
+
+    def _reference_time(self) -> float:
+        floor_path = self.data_dir / "time_floor.json"
+        floor = (read_json(floor_path) or {}).get("floor", 0.0)
+        now = max(time.time(), floor, AGENT_BUILD_TIME)
+        if now > floor:
+            atomic_write_json(floor_path, {"floor": now})
+        return now
+
+    def _verify(self, rec: InstallRecord) -> None:
+        from edgekit.core import bundle, trust  # tuf costs ~20 MB: import only when a bundle arrives
+
+        work = self._work(rec) / "extracted"
+        remove_tree(work)
+        work.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            root = trust.load_root(self.trusted_root.read_bytes())
+        except FileNotFoundError:
+            raise InstallError(f"trusted root {self.trusted_root} is missing; re-provision the device") from None
+        try:
+            size = os.path.getsize(rec.request.bundle_path)
+        except (OSError, TypeError):
+            raise BundleError(f"bundle file {rec.request.bundle_path} is missing") from None
+        ensure_free_space(work.parent, size)
+        vb = bundle.open_bundle(rec.request.bundle_path, root, work, reference_time=self._reference_time(),
+                                allow_expired=self.allow_expired)
+        m = vb.manifest
+        bundle.check_compatible(m, profile=self.profile.id, engines=available_engines())
+        limit = self.profile.budgets["max_model_bytes"]
+        if vb.artifact_path.stat().st_size > limit:
+            raise CompatibilityError(f"model is {vb.artifact_path.stat().st_size} bytes; profile "
+                                     f"{self.profile.id} allows {limit}")
+        installed = self.slots.installed()
+        rec.details.update(model=m["model"]["name"], version=m["model"]["version"], release=m["model"]["release"])
+        if installed and installed["model"] == m["model"]["name"]:
+            if installed["release"] == m["model"]["release"] and installed["version"] == m["model"]["version"]:
+                raise _AlreadyInstalled("already installed")
+            if m["model"]["release"] < installed["release"] and not rec.request.allow_downgrade:
+                raise RollbackError(f"release {m['model']['release']} ({m['model']['version']}) is older than the "
+                                    f"installed release {installed['release']} ({installed['version']})")
+
+    def _stage(self, rec: InstallRecord) -> None:
+        extracted = self._work(rec) / "extracted"
+        slot = rec.slot or self.slots.inactive()
+        if not extracted.exists():  # crash after the move: the slot already holds it
+            if not (self.slots.path(slot) / "manifest.json").exists():
+                raise InstallError("staged files vanished; the deployment must be retried")
+        else:
+            self.slots.fill(slot, extracted)
+        rec.slot = slot
+
+    def _health_check(self, rec: InstallRecord) -> None:
+        slot_dir = self.slots.path(rec.slot)
+        manifest = self.slots.manifest(rec.slot)
+        runner = load_runner(slot_dir / manifest["artifact"], manifest["engine"], self.threads or self.profile.threads)
+        report = health_check(runner, slot_dir / manifest["golden"]["file"], manifest, self.health_runs)
+        rec.details["health"] = report
+        if report["failures"]:
+            raise ParityError("health check failed: " + "; ".join(report["failures"]), health=report)
+
+    def _switch(self, rec: InstallRecord) -> None:
+        manifest = self.slots.manifest(rec.slot)
+        self.slots.switch(rec.slot, {"model": manifest["model"]["name"], "version": manifest["model"]["version"],
+                                     "release": manifest["model"]["release"], "deployment_id": rec.request.deployment_id,
+                                     "installed_at": time.time()})
+        if self.on_commit:
+            self.on_commit(self.slots.path(rec.slot), manifest)
+        if rec.request.bundle_path and rec.request.url:
+            Path(rec.request.bundle_path).unlink(missing_ok=True)
+
+    def _roll_back(self, rec: InstallRecord) -> None:
+        prev = rec.previous_slot
+        if prev and (self.slots.path(prev) / "manifest.json").exists():
+            m = self.slots.manifest(prev)
+            self.slots.switch(prev, {"model": m["model"]["name"], "version": m["model"]["version"],
+                                     "release": m["model"]["release"], "installed_at": time.time()})
+            if self.on_commit:
+                self.on_commit(self.slots.path(prev), m)
+
+
+class _AlreadyInstalled(BundleError):
+    code = "already_installed"
+
+
+def _error_from(d: dict | None) -> EdgekitError | None:
+    if not d:
+        return None
+    err = EdgekitError(d.get("message", "failed"), hint=d.get("hint"))
+    err.code = d.get("code", "error")
+    return err
+
+
+def health_check(runner: Runner, golden_path: Path, manifest: dict, runs: int) -> dict:
+    """Golden-vector parity + latency budget, measured one sample at a time as the device serves."""
+    inputs, expected = parity.load_golden(golden_path)
+    g = manifest["golden"]
+    n = min(len(v) for v in inputs.values())
+    outputs: dict[str, list] = {name: [] for name in expected}
+    lat: list[float] = []
+    for i in range(max(n, 1)):
+        sample = {k: v[i:i + 1] for k, v in inputs.items()}
+        t0 = time.perf_counter()
+        out = runner.run(sample)
+        lat.append((time.perf_counter() - t0) * 1000)
+        for name in expected:
+            outputs[name].append(out[name])
+    sample = {k: v[:1] for k, v in inputs.items()}
+    for _ in range(max(runs - n, 0)):
+        t0 = time.perf_counter()
+        runner.run(sample)
+        lat.append((time.perf_counter() - t0) * 1000)
+    failures: list[str] = []
+    metrics = {}
+    for name, exp in expected.items():
+        got = np.concatenate(outputs[name], axis=0)
+        m = parity.compare(got, exp, g["atol"], g["rtol"])
+        metrics[name] = m.as_dict()
+        failures += [f"{name}: {r}" for r in parity.passes(m, min_cosine=g["min_cosine"],
+                                                           min_top1_agreement=g["min_top1_agreement"],
+                                                           max_rel_error=None)]
+        if m.within_tolerance < 1.0:
+            failures.append(f"{name}: {100 * (1 - m.within_tolerance):.2f}% of values outside atol={g['atol']} "
+                            f"rtol={g['rtol']} (max abs diff {m.max_abs_diff:.4g})")
+    p50, p95 = (float(np.percentile(lat, q)) for q in (50, 95))
+    budget = manifest["budgets"].get("latency_p95_ms")
+    if budget and p95 > budget:
+        failures.append(f"latency p95 {p95:.2f} ms exceeds the budget of {budget} ms")
+    return {"golden": n, "metrics": metrics, "latency_p50_ms": round(p50, 4), "latency_p95_ms": round(p95, 4),
+            "failures": failures}

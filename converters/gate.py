@@ -1,0 +1,98 @@
+"""The parity gate: run a candidate artifact and its fp32 reference on the same validation data
+(onnxruntime, one thread, same process) and decide whether the candidate may be released.
+
+Measures output parity (``edgekit.core.parity``), task accuracy when labels are given, single-
+sample latency, and size; thresholds come from the hardware profile's budgets/validation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.core import parity
+from edgekit.core.errors import ModelError
+from edgekit.core.profiles import Profile
+
+from .data import Dataset
+
+LATENCY_RUNS = 50
+
+
+@dataclass
+class Candidate:
+    name: str
+    path: Path
+    session: object
+    latency_ms: float
+
+    @classmethod
+    def load(cls, name: str, path: Path, data: Dataset) -> "Candidate":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        try:
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelError(f"onnxruntime cannot load the {name} artifact: {exc}") from None
+        cand = cls(name, path, sess, 0.0)
+        cand.latency_ms = cand.measure_latency(data)
+        return cand
+
+    def run_all(self, data: Dataset) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        rows: dict[str, list] = {n: [] for n in names}
+        for i in range(len(data)):
+            outs = self.session.run(names, {k: v[i:i + 1] for k, v in data.inputs.items()})
+            for n, o in zip(names, outs):
+                rows[n].append(o)
+        return {n: np.concatenate(v, axis=0) for n, v in rows.items()}
+
+    def measure_latency(self, data: Dataset) -> float:
+        sample = {k: v[:1] for k, v in data.inputs.items()}
+        for _ in range(5):
+            self.session.run(None, sample)
+        times = []
+        for _ in range(LATENCY_RUNS):
+            t0 = time.perf_counter()
+            self.session.run(None, sample)
+            times.append((time.perf_counter() - t0) * 1000)
+        return float(np.median(times))
+
+
+def evaluate(cand: Candidate, reference: Candidate, data: Dataset, profile: Profile) -> dict:
+    v = profile.validation
+    got, ref = cand.run_all(data), reference.run_all(data)
+    outputs = {name: parity.compare(got[name], ref[name], v["atol"], v["rtol"]).as_dict() for name in ref}
+    entry = {"precision": cand.name, "bytes": cand.path.stat().st_size, "latency_ms": round(cand.latency_ms, 4),
+             "reference_latency_ms": round(reference.latency_ms, 4),
+             "speedup": round(reference.latency_ms / max(cand.latency_ms, 1e-9), 3), "outputs": outputs}
+    if data.labels is not None:
+        first = next(iter(ref))
+        acc = float(np.mean(np.argmax(got[first], axis=-1) == data.labels))
+        ref_acc = float(np.mean(np.argmax(ref[first], axis=-1) == data.labels))
+        entry.update(accuracy=round(acc, 5), reference_accuracy=round(ref_acc, 5),
+                     accuracy_drop=round(ref_acc - acc, 5))
+    return entry
+
+
+def gate_reasons(entry: dict, profile: Profile, *, reference_latency: float, allow_slower: bool) -> list[str]:
+    b, v = profile.budgets, profile.validation
+    reasons = []
+    for name, m in entry["outputs"].items():
+        pm = parity.ParityMetrics(**m)
+        reasons += [f"{name}: {r}" for r in parity.passes(pm, min_cosine=v["min_cosine"],
+                                                          min_top1_agreement=v["min_top1_agreement"],
+                                                          max_rel_error=b["max_output_rel_error"])]
+    if entry.get("accuracy_drop", 0) > b["max_accuracy_drop"]:
+        reasons.append(f"accuracy drop {entry['accuracy_drop']:.4f} > budget {b['max_accuracy_drop']}")
+    if entry["bytes"] > b["max_model_bytes"]:
+        reasons.append(f"size {entry['bytes']} bytes > budget {b['max_model_bytes']}")
+    if not allow_slower and entry["latency_ms"] > reference_latency:
+        reasons.append(f"slower than fp32 ({entry['latency_ms']:.3f} ms vs {reference_latency:.3f} ms)")
+    return reasons

@@ -1,0 +1,1 @@
+"""The ``edgekit`` command line (click). Subcommand modules import heavy libraries lazily."""

@@ -1,0 +1,158 @@
+"""``edgekit push``, ``edgekit infer``, ``edgekit fleet ls`` and ``edgekit registry serve``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import click
+
+from .common import (broker_option, emit_json, fleet_option, json_option, registry_option, run_guarded, table)
+
+
+def _connect(broker: str, prefix: str):
+    from edgekit.core.mqtt import MqttConnection
+    from edgekit.deploy import parse_broker
+
+    host, port = parse_broker(broker)
+    conn = MqttConnection(f"{prefix}-{uuid.uuid4().hex[:8]}", host, port)
+    conn.connect()
+    return conn
+
+
+@click.command("push")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--device", "-d", "devices", multiple=True, required=True, help="Target device id (repeatable).")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for each device's final answer.")
+@fleet_option
+@broker_option
+@registry_option
+@json_option
+def push(bundle: Path, devices: tuple[str, ...], timeout: float, fleet: str, broker: str, registry: str,
+         as_json: bool) -> None:
+    """Upload BUNDLE to the registry, send a deployment notice to each --device over MQTT, and
+    wait until every device has committed or refused it. Exit 0 only if all committed."""
+    def body():
+        from edgekit.deploy import DeviceWatcher, check_outcome, make_notice, push as send, read_manifest, upload
+
+        manifest = read_manifest(bundle)
+        stored = upload(bundle, registry)
+        conn = _connect(broker, "edgekit-push")
+        try:
+            watcher = DeviceWatcher(conn, fleet, list(devices))
+            pending = {}
+            for d in devices:
+                notice = make_notice(manifest, stored)
+                send(conn, fleet, d, notice)
+                pending[d] = notice["deployment_id"]
+            show = (lambda d, e: None) if as_json else \
+                (lambda d, e: click.echo(f"  {d}: {e['state']}" + ("" if e["ok"] else f" — {e['error']['message']}"
+                                                                   if e.get("error") else "")))
+            results = watcher.wait_terminal(pending, timeout, show)
+        finally:
+            conn.close()
+        if as_json:
+            emit_json({d: {"deployment_id": pending[d], "state": e["state"], "error": e.get("error")}
+                       for d, e in results.items()})
+        for d, ev in results.items():
+            check_outcome(d, ev)
+    run_guarded(body, as_json)
+
+
+@click.command("infer")
+@click.option("--device", "-d", required=True)
+@click.option("--input", "input_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help=".npz with arrays named after the model inputs (first row is sent), or 'input'.")
+@click.option("--row", default=0, show_default=True, help="Which sample of the file to send.")
+@click.option("--timeout", default=10.0, show_default=True)
+@fleet_option
+@broker_option
+@json_option
+def infer(device: str, input_file: Path, row: int, timeout: float, fleet: str, broker: str, as_json: bool) -> None:
+    """Run one inference on DEVICE over MQTT (request/response) and print the outputs."""
+    def body():
+        import numpy as np
+
+        from edgekit.deploy import infer_remote
+
+        with np.load(input_file, allow_pickle=False) as data:
+            inputs = {k: data[k][row:row + 1] for k in data.files if k != "label"}
+        conn = _connect(broker, "edgekit-infer")
+        try:
+            t0 = time.perf_counter()
+            outputs, resp = infer_remote(conn, fleet, device, inputs, timeout)
+            rtt = (time.perf_counter() - t0) * 1000
+        finally:
+            conn.close()
+        info = {"device": device, "model": resp.get("model"), "version": resp.get("version"),
+                "device_latency_ms": resp.get("latency_ms"), "round_trip_ms": round(rtt, 3),
+                "outputs": {k: v.tolist() for k, v in outputs.items()}}
+        emit_json(info) if as_json else click.echo("\n".join(f"{k}: {v}" for k, v in info.items()))
+    run_guarded(body, as_json)
+
+
+@click.group("fleet")
+def fleet() -> None:
+    """Devices known to the registry."""
+
+
+@fleet.command("ls")
+@click.option("--fleet", "fleet_id", default=None, help="Only this fleet.")
+@registry_option
+@json_option
+def fleet_ls(fleet_id: str | None, registry: str, as_json: bool) -> None:
+    """List devices: online state, profile, model version, last seen, latency."""
+    def body():
+        import requests
+
+        from edgekit.core.errors import TransportError
+
+        try:
+            r = requests.get(f"{registry.rstrip('/')}/api/v1/devices", params={"fleet": fleet_id} if fleet_id else {},
+                             timeout=10)
+            r.raise_for_status()
+        except requests.RequestException as exc:
+            raise TransportError(f"cannot reach the registry at {registry}: {exc}") from None
+        devices = r.json()["devices"]
+        if as_json:
+            return emit_json(devices)
+        now = time.time()
+        rows = [{**d, "state": "online" if d["online"] else "offline",
+                 "model": f"{d['model']}@{d['version']}" if d["model"] else None,
+                 "seen": f"{now - d['last_seen']:.0f}s ago" if d["last_seen"] else None,
+                 "p95_ms": (d.get("inference") or {}).get("p95_ms"),
+                 "count": (d.get("inference") or {}).get("count")} for d in devices]
+        click.echo(table(rows, ["id", "fleet", "state", "profile", "model", "seen", "count", "p95_ms"]))
+    run_guarded(body, as_json)
+
+
+@click.group("registry")
+def registry_group() -> None:
+    """The fleet registry service."""
+
+
+@registry_group.command("serve")
+@click.option("--db", "db_url", default="sqlite:///registry.db", show_default=True, help="SQLAlchemy database URL.")
+@click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts"),
+              show_default=True, help="Directory of the artifact store.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+@broker_option
+def serve(db_url: str, store: Path, host: str, port: int, broker: str) -> None:
+    """Ingest device reports from MQTT into the database and serve the HTTP API + bundles."""
+    def body():
+        import json
+
+        from edgekit.deploy import parse_broker
+        from edgekit.registry.service import Registry
+
+        bhost, bport = parse_broker(broker)
+        Registry(db_url, store, bhost, bport, host, port).serve_forever(
+            lambda url: click.echo(json.dumps({"registry": "ready", "url": url}), nl=True))
+    run_guarded(body)
+
+
+def register(cli: click.Group) -> None:
+    for cmd in (push, infer, fleet, registry_group):
+        cli.add_command(cmd)

@@ -1,0 +1,212 @@
+"""The bundle: one signed file that carries a model release for one hardware profile.
+
+Format (ADR 0001): an uncompressed POSIX tar whose members are, in this order::
+
+    metadata/targets.json   TUF targets metadata signed by the release keys; lists every other
+                            member with length + SHA-256, custom fields on manifest.json
+    manifest.json           what this is: model name/version/release counter, profile, engine,
+                            precision, I/O signature, golden-vector tolerances, budgets
+    model.onnx|model.tflite the artifact
+    golden.npz              golden test vectors: ``in:<name>`` inputs and ``out:<name>`` outputs
+
+Reading is defensive: only regular files with flat names, sizes capped, signature checked
+*before* any member is trusted, every member verified against its signed hash, members not
+named in the signed metadata refused. This module neither downloads nor installs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BundleError, CompatibilityError, IntegrityError, StorageError
+from .schema import non_negative, positive, validate
+
+METADATA_MEMBER = "metadata/targets.json"
+MANIFEST_MEMBER = "manifest.json"
+GOLDEN_MEMBER = "golden.npz"
+MANIFEST_SCHEMA = "edgekit.manifest/1"
+ARTIFACT_NAMES = ("model.onnx", "model.tflite")
+MAX_METADATA_BYTES = 1 << 20
+
+_TENSOR = {"name": (str, True, None), "dtype": (str, True, None), "shape": (list, True, None)}
+MANIFEST_FIELDS: dict[str, Any] = {
+    "schema": (str, True, None),
+    "model": {"name": (str, True, None), "version": (str, True, None), "release": (int, True, positive),
+              "source_sha256": (str, False, None)},
+    "profile": (str, True, None),
+    "engine": (str, True, None),
+    "format": (str, True, None),
+    "precision": (str, True, None),
+    "artifact": (str, True, None),
+    "inputs": [_TENSOR],
+    "outputs": [_TENSOR],
+    "golden": {"file": (str, True, None), "count": (int, True, non_negative),
+               "atol": ((int, float), True, non_negative), "rtol": ((int, float), True, non_negative),
+               "min_cosine": ((int, float), True, non_negative),
+               "min_top1_agreement": ((int, float), True, non_negative)},
+    "budgets": (dict, True, None),
+    "parity": (dict, False, None),
+    "created_at": ((int, float), True, positive),
+}
+
+
+def validate_manifest(manifest: Any) -> dict:
+    errors = validate(manifest, MANIFEST_FIELDS, allow_unknown=True)
+    if not errors and manifest["schema"] != MANIFEST_SCHEMA:
+        errors.append(f"schema: expected {MANIFEST_SCHEMA!r}, got {manifest['schema']!r}")
+    if not errors and manifest["artifact"] not in ARTIFACT_NAMES:
+        errors.append(f"artifact: must be one of {ARTIFACT_NAMES}")
+    if errors:
+        raise BundleError("bundle manifest is invalid: " + "; ".join(errors), errors=errors)
+    return manifest
+
+
+def signed_custom(manifest: dict) -> dict:
+    """Fields copied into the signed targets entry of manifest.json (checked on read)."""
+    return {"model": manifest["model"]["name"], "version": manifest["model"]["version"],
+            "release": manifest["model"]["release"], "profile": manifest["profile"]}
+
+
+def write_bundle(path: str | Path, manifest: dict, members: dict[str, bytes], signed_targets: bytes) -> Path:
+    """Write the tar atomically. ``members`` excludes metadata; ``signed_targets`` covers them."""
+    from .atomic import atomic_writer
+
+    validate_manifest(manifest)
+    path = Path(path)
+    ordered = [(METADATA_MEMBER, signed_targets)] + sorted(members.items(), key=lambda kv: kv[0] != MANIFEST_MEMBER)
+    with atomic_writer(path) as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in ordered:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(manifest["created_at"])
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@dataclass
+class VerifiedBundle:
+    """A bundle whose signature and every member hash were checked, extracted to ``directory``."""
+
+    directory: Path
+    manifest: dict
+    targets_version: int
+    expires: str
+
+    @property
+    def artifact_path(self) -> Path:
+        return self.directory / self.manifest["artifact"]
+
+    @property
+    def golden_path(self) -> Path:
+        return self.directory / self.manifest["golden"]["file"]
+
+
+def _safe_members(tar: tarfile.TarFile, max_bytes: int) -> dict[str, tarfile.TarInfo]:
+    members: dict[str, tarfile.TarInfo] = {}
+    total = 0
+    for info in tar:
+        name = info.name
+        if not info.isreg():
+            raise IntegrityError(f"bundle member {name!r} is not a regular file")
+        if name != METADATA_MEMBER and ("/" in name or name.startswith(".") or "\\" in name):
+            raise IntegrityError(f"bundle member name {name!r} is not allowed")
+        if name in members:
+            raise IntegrityError(f"bundle member {name!r} appears twice")
+        total += info.size
+        if total > max_bytes:
+            raise IntegrityError(f"bundle expands past the {max_bytes}-byte limit")
+        members[name] = info
+    return members
+
+
+def open_bundle(path: str | Path, root, dest: str | Path, *, reference_time: float | None = None,
+                allow_expired: bool = False, max_bytes: int = 2 << 30) -> VerifiedBundle:
+    """Verify ``path`` against the provisioned ``root`` metadata and extract it into ``dest``.
+
+    ``dest`` must not exist yet; on any failure it is removed again.
+    """
+    from . import trust
+    from .atomic import remove_tree
+
+    dest = Path(dest)
+    reference_time = time.time() if reference_time is None else reference_time
+    try:
+        tar = tarfile.open(path, mode="r:")
+    except FileNotFoundError:
+        raise BundleError(f"bundle not found: {path}") from None
+    except (tarfile.TarError, EOFError) as exc:
+        raise IntegrityError(f"{path} is not a readable bundle (truncated or corrupt): {exc}") from None
+    try:
+        with tar:
+            members = _safe_members(tar, max_bytes)
+            meta = members.pop(METADATA_MEMBER, None)
+            if meta is None or meta.size > MAX_METADATA_BYTES:
+                raise IntegrityError(f"bundle has no signed metadata ({METADATA_MEMBER})")
+            md = trust.verify_targets(root, tar.extractfile(meta).read(), reference_time=reference_time,
+                                      allow_expired=allow_expired)
+            signed = set(md.signed.targets)
+            if missing := sorted(signed - members.keys()):
+                raise IntegrityError(f"bundle is missing signed member(s) {missing} (truncated?)")
+            if extra := sorted(members.keys() - signed):
+                raise IntegrityError(f"bundle holds member(s) {extra} that are not signed")
+            dest.mkdir(parents=True)
+            for name, info in members.items():
+                target = dest / name
+                with tar.extractfile(info) as src, open(target, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+                with open(target, "rb") as fh:
+                    trust.verify_member(md, name, fh)
+    except tarfile.TarError as exc:
+        remove_tree(dest)
+        raise IntegrityError(f"bundle is corrupt: {exc}") from None
+    except OSError as exc:
+        remove_tree(dest)
+        raise StorageError(f"cannot extract bundle into {dest}: {exc.strerror or exc}") from None
+    except BaseException:
+        remove_tree(dest)
+        raise
+    try:
+        manifest = validate_manifest(json.loads((dest / MANIFEST_MEMBER).read_bytes()))
+        if trust.custom(md, MANIFEST_MEMBER) != signed_custom(manifest):
+            raise IntegrityError("manifest does not match the signed release fields")
+        for name in (manifest["artifact"], manifest["golden"]["file"]):
+            if name not in members:
+                raise IntegrityError(f"manifest names {name!r} but the bundle does not hold it")
+    except (ValueError, BundleError) as exc:
+        remove_tree(dest)
+        raise exc if isinstance(exc, BundleError) else BundleError(f"manifest.json is not valid JSON: {exc}") from None
+    return VerifiedBundle(dest, manifest, md.signed.version, md.signed.expires.isoformat())
+
+
+def check_compatible(manifest: dict, *, profile: str, engines: tuple[str, ...]) -> None:
+    """Refuse a bundle built for another profile or for a runtime the device does not have."""
+    if manifest["profile"] != profile:
+        raise CompatibilityError(
+            f"bundle was built for profile {manifest['profile']!r}, this device is {profile!r}",
+            bundle_profile=manifest["profile"], device_profile=profile)
+    if manifest["engine"] not in engines:
+        raise CompatibilityError(
+            f"bundle needs runtime {manifest['engine']!r}; this device has {', '.join(engines) or 'none'}")
+
+
+def bundle_file_name(manifest: dict) -> str:
+    m = manifest["model"]
+    return f"{m['name']}-{m['version']}-{manifest['profile']}.bundle"
+
+
+def file_sha256(path: str | Path) -> tuple[str, int]:
+    import hashlib
+
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size

@@ -1,0 +1,158 @@
+"""The one exception tree of edgekit, shared by the host CLI, the registry and the agent.
+
+Every error carries:
+
+* ``code``  – a stable, machine-readable slug used in MQTT events, ``--json`` output and logs;
+* ``exit_code`` – what the CLI returns when this error ends a command;
+* ``hint``  – one sentence telling the user what to do next.
+
+Third-party exceptions (tuf, paho, onnxruntime, sqlite ...) are mapped onto this tree at the
+edge of the module that calls them; callers never have to catch library-specific types.
+
+Tree::
+
+    EdgekitError                      exit 1   generic failure
+    ├── UsageError                    exit 2   bad arguments / missing files given by the user
+    ├── ConfigError                   exit 3   malformed config, profile or key store
+    │   └── ProfileError                       a hardware profile is unknown or invalid
+    ├── ModelError                    exit 4   model cannot be loaded / converted / is unsupported
+    │   ├── UnsupportedOpError                 an op the target runtime lacks (names node + op)
+    │   └── ParityError                        an artifact does not answer like its reference
+    ├── BundleError                   exit 5   a bundle is malformed, truncated or inconsistent
+    │   ├── TrustError                         signature / key / threshold failure
+    │   │   ├── ExpiredError                   signed metadata past its expiry
+    │   │   └── RollbackError                  release older than what is installed
+    │   ├── IntegrityError                     hash or length mismatch (tampered / truncated)
+    │   └── CompatibilityError                 bundle built for another profile / runtime / budget
+    ├── TransportError                exit 6   broker / HTTP / download failure
+    │   └── TimeoutError_                      no answer in time (silence counts as failure)
+    ├── InstallError                  exit 7   install / health check / switch failed (rolled back)
+    ├── StorageError                  exit 8   disk full, unwritable data dir
+    └── MessageError                  exit 9   a malformed MQTT message / notice
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EdgekitError(Exception):
+    """Base class: every error edgekit raises on purpose derives from it."""
+
+    code = "error"
+    exit_code = 1
+    default_hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape used in events and ``--json`` output."""
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.hint:
+            out["hint"] = self.hint
+        if self.details:
+            out["details"] = {k: _jsonable(v) for k, v in self.details.items()}
+        return out
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+class UsageError(EdgekitError):
+    code = "usage"
+    exit_code = 2
+
+
+class ConfigError(EdgekitError):
+    code = "config"
+    exit_code = 3
+
+
+class ProfileError(ConfigError):
+    code = "profile"
+    default_hint = "Run `edgekit profiles list` to see the known profiles, `edgekit profiles validate FILE` to check one."
+
+
+class ModelError(EdgekitError):
+    code = "model"
+    exit_code = 4
+
+
+class UnsupportedOpError(ModelError):
+    code = "unsupported_op"
+    default_hint = "Pick a profile whose runtime supports the op, or rewrite the node before converting."
+
+
+class ParityError(ModelError):
+    code = "parity"
+    default_hint = "Try a higher precision (--precision fp32/fp16), better calibration data, or loosen the profile's budgets."
+
+
+class BundleError(EdgekitError):
+    code = "bundle"
+    exit_code = 5
+
+
+class TrustError(BundleError):
+    code = "trust"
+    default_hint = "Check that the bundle was released with the fleet's keys (`edgekit keys show`) and that the device holds the current root.json."
+
+
+class ExpiredError(TrustError):
+    code = "expired"
+    default_hint = "Release the model again (`edgekit release`) to get fresh signatures."
+
+
+class RollbackError(TrustError):
+    code = "rollback"
+    default_hint = "Release a newer version; installing an older release needs a signed rollback order."
+
+
+class IntegrityError(BundleError):
+    code = "integrity"
+    default_hint = "The file was changed or truncated in transit; download it again from the registry."
+
+
+class CompatibilityError(BundleError):
+    code = "incompatible"
+    default_hint = "Release the model for this device's profile (`edgekit convert --profile ...`)."
+
+
+class TransportError(EdgekitError):
+    code = "transport"
+    exit_code = 6
+    default_hint = "Is the broker/registry running and reachable? Check --broker / --registry."
+
+
+class TimeoutError_(TransportError):
+    code = "timeout"
+
+
+class InstallError(EdgekitError):
+    code = "install"
+    exit_code = 7
+
+
+class StorageError(EdgekitError):
+    code = "storage"
+    exit_code = 8
+    default_hint = "Free disk space on the data directory or point the agent at another one."
+
+
+class MessageError(EdgekitError):
+    code = "malformed_message"
+    exit_code = 9

@@ -1,0 +1,198 @@
+"""A thin MQTT 5 connection on paho-mqtt 2.x that turns broker answers into edgekit errors.
+
+What it adds to paho: waits for CONNACK/SUBACK/PUBACK and checks their MQTT 5 reason codes (a
+denied QoS 1 publish is only visible as PUBACK 0x87), a bounded offline queue, one message
+callback, request/response with MQTT 5 response-topic + correlation data. It does not know any
+topic or payload format (see ``topics`` and ``messages``).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .errors import TimeoutError_, TransportError
+
+Handler = Callable[[str, bytes, "Properties | None"], None]
+
+
+@dataclass
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttConnection:
+    """One client session. Threads: paho's network loop calls ``on_message`` handlers."""
+
+    def __init__(self, client_id: str, host: str, port: int, *, will: Will | None = None,
+                 clean_start: bool = True, session_expiry_s: int = 0, keepalive: int = 30,
+                 max_queued: int = 1000) -> None:
+        self.client_id, self.host, self.port = client_id, host, port
+        self._clean_start, self._session_expiry, self._keepalive = clean_start, session_expiry_s, keepalive
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        self.client.max_queued_messages_set(max_queued)
+        self.client.reconnect_delay_set(0.2, 5)
+        if will:
+            self.client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._cv = threading.Condition(threading.RLock())
+        self._connack: int | None = None
+        self._acks: dict[int, int] = {}
+        self._waiting: set[int] = set()
+        self._handlers: list[tuple[str, Handler]] = []
+        self._rpc_waiters: list[Handler] = []
+        self.on_connected: Callable[[bool], None] | None = None
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_ack
+        self.client.on_subscribe = self._on_suback
+        self.client.on_message = self._on_message
+
+    # -- paho callbacks (network thread) -----------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._cv:
+            self._connack = reason_code.value
+            self._cv.notify_all()
+        if reason_code.value == 0 and self.on_connected:
+            self.on_connected(bool(flags.session_present))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._cv:
+            self._connack = None
+            self._cv.notify_all()
+
+    def _on_ack(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._cv:
+            if mid in self._waiting:
+                self._acks[mid] = reason_code.value
+                self._cv.notify_all()
+
+    def _on_suback(self, client, userdata, mid, reason_codes, properties) -> None:
+        with self._cv:
+            if mid in self._waiting:
+                self._acks[mid] = max(rc.value for rc in reason_codes)
+                self._cv.notify_all()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        for flt, handler in list(self._handlers):
+            if paho.topic_matches_sub(flt.split("/", 2)[2] if flt.startswith("$share/") else flt, msg.topic):
+                handler(msg.topic, msg.payload, getattr(msg, "properties", None))
+
+    # -- public API ------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connack == 0
+
+    def connect(self, timeout: float = 10.0) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        if self._session_expiry:
+            props.SessionExpiryInterval = self._session_expiry
+        try:
+            self.client.connect(self.host, self.port, keepalive=self._keepalive,
+                                clean_start=self._clean_start, properties=props)
+        except OSError as exc:
+            raise TransportError(f"cannot reach MQTT broker at {self.host}:{self.port}: {exc}") from None
+        self.client.loop_start()
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._connack is not None, timeout):
+                self.close()
+                raise TimeoutError_(f"no CONNACK from {self.host}:{self.port} within {timeout:.0f}s")
+            if self._connack != 0:
+                code = self._connack
+                self.close()
+                raise TransportError(f"broker refused the connection (reason code 0x{code:02x})",
+                                     hint="Check the client id, credentials/certificate and broker ACLs.")
+
+    def _wait_ack(self, mid: int, what: str, timeout: float) -> int:
+        with self._cv:
+            ok = self._cv.wait_for(lambda: mid in self._acks, timeout)
+            self._waiting.discard(mid)
+            if not ok:
+                raise TimeoutError_(f"{what}: no acknowledgement from the broker within {timeout:.0f}s")
+            return self._acks.pop(mid)
+
+    def subscribe(self, filters: list[tuple[str, int]], handler: Handler, timeout: float = 10.0) -> None:
+        self._handlers.extend((flt, handler) for flt, _ in filters)
+        with self._cv:
+            rc, mid = self.client.subscribe(filters)
+            if rc != paho.MQTT_ERR_SUCCESS:
+                raise TransportError(f"subscribe to {[f for f, _ in filters]} failed: {paho.error_string(rc)}")
+            self._waiting.add(mid)
+        code = self._wait_ack(mid, "subscribe", timeout)
+        if code >= 0x80:
+            raise TransportError(f"broker refused subscription to {[f for f, _ in filters]} (reason code 0x{code:02x})")
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                properties: Properties | None = None, wait: bool = True, timeout: float = 10.0) -> None:
+        """Publish; with ``wait`` (QoS 1), block for PUBACK and raise on a failure reason code."""
+        with self._cv:
+            info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                raise TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+            if wait and qos > 0:
+                self._waiting.add(info.mid)
+        if wait and qos > 0:
+            code = self._wait_ack(info.mid, f"publish to {topic}", timeout)
+            if code >= 0x80:
+                raise TransportError(f"broker refused publish to {topic} (reason code 0x{code:02x})",
+                                     reason_code=code)
+
+    def request(self, topic: str, payload: bytes, response_topic: str, timeout: float = 10.0) -> bytes:
+        """MQTT 5 request/response: subscribe to ``response_topic``, correlate by a random id."""
+        corr = uuid.uuid4().bytes
+        box: dict[str, bytes] = {}
+        done = threading.Event()
+
+        def on_reply(_topic: str, body: bytes, props: Properties | None) -> None:
+            if props is not None and getattr(props, "CorrelationData", None) == corr:
+                box["body"] = body
+                done.set()
+
+        if not any(f == response_topic for f, _ in self._handlers):
+            self.subscribe([(response_topic, 1)], self._dispatch_reply)
+        self._rpc_waiters.append(on_reply)
+        try:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = response_topic
+            props.CorrelationData = corr
+            self.publish(topic, payload, qos=1, properties=props, timeout=timeout)
+            if not done.wait(timeout):
+                raise TimeoutError_(f"no reply on {response_topic} within {timeout:.0f}s",
+                                    hint="Is the device online? `edgekit fleet ls` shows its last status.")
+            return box["body"]
+        finally:
+            self._rpc_waiters.remove(on_reply)
+
+    def _dispatch_reply(self, topic: str, body: bytes, props: Properties | None) -> None:
+        for waiter in list(self._rpc_waiters):
+            waiter(topic, body, props)
+
+    def close(self, publish_first: tuple[str, bytes] | None = None) -> None:
+        """Disconnect cleanly (the broker then does *not* send the last will)."""
+        try:
+            if publish_first and self.connected:
+                self.publish(*publish_first, qos=1, retain=True, timeout=5)
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
+
+
+def reply(conn: MqttConnection, request_props: Properties | None, payload: bytes) -> bool:
+    """Answer an MQTT 5 request on its response topic with its correlation data."""
+    topic = getattr(request_props, "ResponseTopic", None) if request_props is not None else None
+    if not topic:
+        return False
+    props = Properties(PacketTypes.PUBLISH)
+    corr = getattr(request_props, "CorrelationData", None)
+    if corr is not None:
+        props.CorrelationData = corr
+    conn.publish(topic, payload, qos=1, properties=props, wait=False)
+    return True

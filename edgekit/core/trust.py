@@ -1,0 +1,128 @@
+"""Trust chain on python-tuf's metadata API: build/sign root and targets, verify offline.
+
+The fleet's trust anchor is a TUF ``root.json`` (Ed25519 keys, thresholds, expiry) provisioned
+on each device. A release is a ``targets`` metadata document signed by the targets role,
+listing every file in the bundle with length, SHA-256 and custom fields (profile, model,
+version). The agent verifies it against its provisioned root *without a network*:
+``Root.verify_delegate("targets", ...)`` → expiry with a persisted time floor → per-file
+length and hashes. Private keys never reach this module's verify path (see ``edgekit.keys``).
+
+tuf/securesystemslib exceptions are mapped to :mod:`edgekit.core.errors` here.
+Importing this module costs ~20 MB RSS (tuf): the agent imports it only when a bundle arrives.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import IO, Any, Iterable
+
+from securesystemslib.signer import Signer
+from tuf.api import exceptions as tuf_exc
+from tuf.api.metadata import Metadata, Role, Root, TargetFile, Targets
+
+from .errors import ExpiredError, IntegrityError, TrustError
+
+ROLES = ("root", "targets", "snapshot", "timestamp")
+
+
+def utc_in(days: float, now: float | None = None) -> dt.datetime:
+    base = dt.datetime.fromtimestamp(now if now is not None else time.time(), tz=dt.timezone.utc)
+    return (base + dt.timedelta(days=days)).replace(microsecond=0)
+
+
+def build_root(role_keys: dict[str, list], thresholds: dict[str, int], expires: dt.datetime,
+               version: int = 1) -> Metadata[Root]:
+    """Make an unsigned root listing ``role_keys[role]`` (public ``Key`` objects) per role."""
+    root = Root(version=version, expires=expires, consistent_snapshot=True)
+    for role in ROLES:
+        keys = role_keys.get(role, [])
+        if not keys:
+            raise TrustError(f"role {role!r} needs at least one key")
+        if not 1 <= thresholds.get(role, 1) <= len(keys):
+            raise TrustError(f"threshold for {role!r} must be between 1 and {len(keys)}")
+        root.roles[role] = Role([], thresholds.get(role, 1))
+        for key in keys:
+            root.add_key(key, role)
+    return Metadata(root)
+
+
+def sign(md: Metadata, signers: Iterable[Signer]) -> Metadata:
+    for i, signer in enumerate(signers):
+        md.sign(signer, append=i > 0)  # sign() replaces signatures unless append=True
+    return md
+
+
+def build_targets(files: dict[str, bytes], version: int, expires: dt.datetime,
+                  custom: dict[str, dict] | None = None) -> Metadata[Targets]:
+    """Targets metadata for a release: one entry per bundle member, custom fields signed too."""
+    targets: dict[str, TargetFile] = {}
+    for path, data in files.items():
+        tf = TargetFile.from_data(path, data, ["sha256"])
+        if custom and path in custom:
+            tf.unrecognized_fields["custom"] = custom[path]
+        targets[path] = tf
+    return Metadata(Targets(version=version, expires=expires, targets=targets))
+
+
+def load_root(raw: bytes) -> Metadata[Root]:
+    try:
+        md = Metadata[Root].from_bytes(raw)
+    except (tuf_exc.RepositoryError, ValueError, KeyError, TypeError) as exc:
+        raise TrustError(f"provisioned root.json is not valid root metadata: {exc}") from None
+    if md.signed.type != Root.type:
+        raise TrustError("provisioned root.json is not a root role document")
+    return md
+
+
+def verify_root_self_signed(md: Metadata[Root]) -> None:
+    """A root must meet its own root threshold (used on ``keys init`` and on provisioning)."""
+    try:
+        md.signed.verify_delegate(Root.type, md.signed_bytes, md.signatures)
+    except tuf_exc.UnsignedMetadataError as exc:
+        raise TrustError(f"root metadata is not signed by its own root keys: {exc}") from None
+
+
+def verify_targets(root: Metadata[Root], raw_targets: bytes, *, reference_time: float,
+                   allow_expired: bool = False) -> Metadata[Targets]:
+    """Check signatures against the provisioned root, and expiry at ``reference_time``.
+
+    ``reference_time`` should be ``max(clock, persisted floor, agent build time)`` so a device
+    with a wrong clock cannot be tricked into accepting expired metadata.
+    """
+    try:
+        md = Metadata[Targets].from_bytes(raw_targets)
+    except (tuf_exc.RepositoryError, ValueError, KeyError, TypeError) as exc:
+        raise TrustError(f"signed metadata in the bundle is malformed: {exc}") from None
+    if md.signed.type != Targets.type:
+        raise TrustError(f"bundle metadata has type {md.signed.type!r}, expected 'targets'")
+    try:
+        root.signed.verify_delegate(Targets.type, md.signed_bytes, md.signatures)
+    except tuf_exc.UnsignedMetadataError as exc:
+        raise TrustError(
+            f"bundle is not signed by this fleet's release keys ({exc})",
+            keyids=sorted(md.signatures),
+        ) from None
+    ref = dt.datetime.fromtimestamp(reference_time, tz=dt.timezone.utc)
+    if md.signed.is_expired(ref) and not allow_expired:
+        raise ExpiredError(f"release metadata expired on {md.signed.expires.isoformat()}",
+                           expires=md.signed.expires.isoformat())
+    return md
+
+
+def verify_member(md: Metadata[Targets], path: str, data: bytes | IO[bytes]) -> TargetFile:
+    """Check one bundle member's length and hashes against the signed targets entry."""
+    tf = md.signed.targets.get(path)
+    if tf is None:
+        raise IntegrityError(f"bundle member {path!r} is not listed in the signed metadata")
+    try:
+        tf.verify_length_and_hashes(data)
+    except tuf_exc.LengthOrHashMismatchError as exc:
+        raise IntegrityError(f"bundle member {path!r} does not match its signed hash/length: {exc}",
+                             member=path) from None
+    return tf
+
+
+def custom(md: Metadata[Targets], path: str) -> dict[str, Any]:
+    tf = md.signed.targets.get(path)
+    return dict(tf.custom) if tf is not None and isinstance(tf.custom, dict) else {}

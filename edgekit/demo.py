@@ -1,0 +1,186 @@
+"""``edgekit demo``: the whole flow on one machine with real parts, then everything is stopped.
+
+Starts a managed mosquitto (loopback, free port), the registry and three agents (separate
+processes and data folders, different profiles), converts the sample model for each profile,
+signs and uploads the bundles, deploys them over MQTT, runs one inference per device through
+the agent and compares it with the fp32 reference. Returns the result rows; raises on any failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .broker import ManagedBroker, free_port
+from .core.errors import EdgekitError, TransportError
+
+SAMPLES = Path(__file__).parent / "samples" / "digits"
+DEMO_DEVICES = (("pi4-kitchen", "raspberry-pi-4"), ("gateway-01", "x86-64-gateway"), ("jetson-lab", "jetson-orin-nano"))
+
+
+class Proc:
+    """A child process whose first JSON line on stdout says it is ready."""
+
+    def __init__(self, name: str, argv: list[str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def ready(self, timeout: float = 30.0) -> dict:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=0.2):
+                if self.proc.poll() is not None:
+                    break
+                continue
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+        tail = self.log.read_text()[-800:] if self.log.exists() else ""
+        raise TransportError(f"{self.name} did not start (exit {self.proc.poll()}): {tail}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_agent(workdir: Path, device: str, profile: str, broker: ManagedBroker, root: Path,
+                telemetry_s: float = 2.0) -> Proc:
+    from agent.config import render_config
+
+    home = workdir / "devices" / device
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "root.json").write_bytes(root.read_bytes())  # provisioning: the device's copy of the trust root
+    cfg = home / "agent.toml"
+    cfg.write_text(render_config(device_id=device, fleet="demo", profile=profile, data_dir="data",
+                                 trusted_root="root.json", host="127.0.0.1", port=broker.port,
+                                 telemetry_interval_s=telemetry_s))
+    return Proc(device, [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)], home / "agent.log")
+
+
+def start_registry(workdir: Path, broker: ManagedBroker) -> tuple[Proc, str]:
+    port = free_port()
+    proc = Proc("registry", [sys.executable, "-m", "edgekit.cli.main", "registry", "serve",
+                             "--db", f"sqlite:///{workdir}/registry.db", "--store", str(workdir / "artifacts"),
+                             "--port", str(port), "--broker", f"127.0.0.1:{broker.port}"], workdir / "registry.log")
+    return proc, proc.ready()["url"]
+
+
+def run_demo(workdir: Path | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    from converters.data import load_dataset
+    from converters.onnx_pipeline import convert_onnx
+    from edgekit.core.mqtt import MqttConnection
+    from edgekit.core.profiles import load_profile
+    from edgekit.deploy import DeviceWatcher, check_outcome, infer_remote, make_notice, push, read_manifest, upload
+    from edgekit.keys import init_keystore
+    from edgekit.release import release_artifact
+
+    t_start = time.perf_counter()
+    with ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgekit-demo-")))
+        workdir.mkdir(parents=True, exist_ok=True)
+        log(f"[1/7] starting mosquitto (loopback) in {workdir}")
+        broker = stack.enter_context(ManagedBroker(workdir / "broker"))
+        log(f"[2/7] starting the registry; broker on 127.0.0.1:{broker.port}")
+        registry, url = start_registry(workdir, broker)
+        stack.callback(registry.stop)
+        store = init_keystore(workdir / "keys")
+        log(f"[3/7] starting {len(DEMO_DEVICES)} agents: " + ", ".join(f"{d} ({p})" for d, p in DEMO_DEVICES))
+        agents = [start_agent(workdir, d, p, broker, store.root_path) for d, p in DEMO_DEVICES]
+        for a in agents:
+            stack.callback(a.stop)
+        for a in agents:
+            a.ready()
+
+        log("[4/7] converting the sample model per profile (parity gate on the validation split)")
+        model = SAMPLES / "digits_cnn.onnx"
+        cal = load_dataset(SAMPLES / "calibration.npz", ["input"])
+        val = load_dataset(SAMPLES / "validation.npz", ["input"])
+        reports = {p: convert_onnx(model, load_profile(p), workdir / "out", precision="auto", calibration=cal,
+                                   validation=val) for _, p in DEMO_DEVICES}
+
+        log("[5/7] signing bundles and uploading them to the registry")
+        bundles = {p: release_artifact(workdir / "out" / p, store, workdir / "bundles", name="digits-cnn",
+                                       version="1.0.0") for p in reports}
+        stored = {p: upload(b, url) for p, b in bundles.items()}
+
+        log("[6/7] deploying over MQTT and waiting for each device to commit")
+        conn = MqttConnection(f"edgekit-demo-{uuid.uuid4().hex[:6]}", "127.0.0.1", broker.port)
+        conn.connect()
+        stack.callback(conn.close)
+        watcher = DeviceWatcher(conn, "demo", [d for d, _ in DEMO_DEVICES])
+        pending = {}
+        for device, profile in DEMO_DEVICES:
+            notice = make_notice(read_manifest(bundles[profile]), stored[profile])
+            push(conn, "demo", device, notice)
+            pending[device] = notice["deployment_id"]
+        for device, ev in watcher.wait_terminal(pending, timeout=60).items():
+            check_outcome(device, ev)
+
+        log("[7/7] one inference per device through the agent, compared with the fp32 reference")
+        import onnxruntime as ort
+
+        ref_sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        sample = {"input": val.inputs["input"][:1]}
+        ref = ref_sess.run(None, sample)[0]
+        rows = []
+        for device, profile in DEMO_DEVICES:
+            t0 = time.perf_counter()
+            outputs, resp = infer_remote(conn, "demo", device, sample, timeout=10)
+            rtt = (time.perf_counter() - t0) * 1000
+            got = outputs["logits"]
+            cos = float(np.dot(got.ravel(), ref.ravel()) / (np.linalg.norm(got) * np.linalg.norm(ref)))
+            agree = int(np.argmax(got)) == int(np.argmax(ref))
+            rows.append({"device": device, "profile": profile, "precision": reports[profile]["precision"],
+                         "model": f"{resp['model']}@{resp['version']}",
+                         "parity": f"{'top-1 match' if agree else 'MISMATCH'}, cos {cos:.4f}",
+                         "device_ms": round(resp["latency_ms"], 3), "round_trip_ms": round(rtt, 2),
+                         "ok": agree and cos >= 0.99})
+        fleet = _wait_registry(url, {d for d, _ in DEMO_DEVICES})
+        for r in rows:
+            d = fleet.get(r["device"], {})
+            r["registry"] = f"{'online' if d.get('online') else 'offline'} {d.get('version') or '-'}"
+        bad = [r["device"] for r in rows if not r["ok"]]
+        if bad:
+            raise EdgekitError(f"parity check failed on {', '.join(bad)}")
+        log(f"done in {time.perf_counter() - t_start:.1f}s; stopping everything the demo started")
+        return rows
+
+
+def _wait_registry(url: str, devices: set[str], timeout: float = 15.0) -> dict[str, dict]:
+    """Wait until the registry has seen every device online with a model (via MQTT ingest)."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    seen: dict[str, dict] = {}
+    while time.monotonic() < deadline:
+        seen = {d["id"]: d for d in requests.get(f"{url}/api/v1/devices", timeout=5).json()["devices"]}
+        if all(seen.get(d, {}).get("online") and seen[d].get("version") for d in devices):
+            return seen
+        time.sleep(0.2)
+    raise TransportError(f"registry did not report all devices online with a model: {sorted(devices - set(seen))}")

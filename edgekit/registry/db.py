@@ -1,0 +1,162 @@
+"""Registry storage: SQLAlchemy models and the queries the API and ingest need.
+
+SQLite by default (WAL mode), any SQLAlchemy URL otherwise (PostgreSQL is the path at scale).
+Write paths take batches so MQTT ingest commits once per batch, not once per message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable
+
+from sqlalchemy import (JSON, Boolean, Float, Integer, String, create_engine, event, func, select)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64), index=True)
+    profile: Mapped[str | None] = mapped_column(String(64))
+    agent_version: Mapped[str | None] = mapped_column(String(32))
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    session: Mapped[int] = mapped_column(Integer, default=0)
+    model: Mapped[str | None] = mapped_column(String(128))
+    version: Mapped[str | None] = mapped_column(String(64))
+    last_seen: Mapped[float] = mapped_column(Float, default=0.0)
+    last_status_reason: Mapped[str | None] = mapped_column(String(128))
+    health: Mapped[dict | None] = mapped_column(JSON)
+    inference: Mapped[dict | None] = mapped_column(JSON)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device: Mapped[str] = mapped_column(String(64), index=True)
+    ts: Mapped[float] = mapped_column(Float)
+    seq: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(32))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    deployment_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    payload: Mapped[dict] = mapped_column(JSON)
+
+
+class TelemetryRow(Base):
+    __tablename__ = "telemetry"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device: Mapped[str] = mapped_column(String(64), index=True)
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    payload: Mapped[dict] = mapped_column(JSON)
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    size: Mapped[int] = mapped_column(Integer)
+    created: Mapped[float] = mapped_column(Float)
+
+
+def open_db(url: str) -> Engine:
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn, _record) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def _device(s: Session, fleet: str, device: str) -> Device:
+    row = s.get(Device, device)
+    if row is None:
+        row = Device(id=device, fleet=fleet, online=False, session=0, last_seen=0.0)
+        s.add(row)
+    return row
+
+
+def store_batch(engine: Engine, batch: Iterable[tuple[str, str, str, dict]]) -> int:
+    """Write ``(kind, fleet, device, message)`` tuples in one transaction; return the count."""
+    n = 0
+    with Session(engine) as s, s.begin():
+        for kind, fleet, device, msg in batch:
+            n += 1
+            dev = _device(s, fleet, device)
+            ts = float(msg.get("ts", time.time()))
+            if kind == "status":
+                # a stale birth/death (older session) must not override a newer one
+                if msg["session"] >= dev.session:
+                    dev.online, dev.session = msg["online"], msg["session"]
+                    dev.profile = msg.get("profile", dev.profile)
+                    dev.agent_version = msg.get("agent_version", dev.agent_version)
+                    dev.last_status_reason = msg.get("reason")
+                    if msg["online"]:
+                        dev.model, dev.version = msg.get("model"), msg.get("version")
+            elif kind == "telemetry":
+                s.add(TelemetryRow(device=device, ts=ts, payload=msg))
+                dev.health, dev.inference = msg["health"], msg["inference"]
+                if msg.get("model"):
+                    dev.model, dev.version = msg["model"], msg.get("version")
+            elif kind == "events":
+                err = msg.get("error") or {}
+                s.add(EventRow(device=device, ts=ts, seq=msg["seq"], state=msg["state"], ok=msg["ok"],
+                               deployment_id=msg.get("deployment_id"), error_code=err.get("code"), payload=msg))
+            dev.last_seen = max(dev.last_seen or 0.0, ts)
+    return n
+
+
+def device_dict(d: Device) -> dict[str, Any]:
+    return {"id": d.id, "fleet": d.fleet, "profile": d.profile, "online": d.online, "session": d.session,
+            "model": d.model, "version": d.version, "agent_version": d.agent_version, "last_seen": d.last_seen,
+            "status_reason": d.last_status_reason, "health": d.health, "inference": d.inference}
+
+
+def list_devices(engine: Engine, fleet: str | None = None) -> list[dict]:
+    with Session(engine) as s:
+        q = select(Device).order_by(Device.id)
+        if fleet:
+            q = q.where(Device.fleet == fleet)
+        return [device_dict(d) for d in s.scalars(q)]
+
+
+def get_device(engine: Engine, device: str) -> dict | None:
+    with Session(engine) as s:
+        d = s.get(Device, device)
+        return device_dict(d) if d else None
+
+
+def list_events(engine: Engine, device: str | None = None, deployment_id: str | None = None,
+                limit: int = 200) -> list[dict]:
+    with Session(engine) as s:
+        q = select(EventRow).order_by(EventRow.id.desc()).limit(limit)
+        if device:
+            q = q.where(EventRow.device == device)
+        if deployment_id:
+            q = q.where(EventRow.deployment_id == deployment_id)
+        return [r.payload for r in reversed(list(s.scalars(q)))]
+
+
+def count_rows(engine: Engine) -> dict[str, int]:
+    with Session(engine) as s:
+        return {t.__tablename__: s.scalar(select(func.count()).select_from(t)) or 0
+                for t in (Device, EventRow, TelemetryRow, Artifact)}
+
+
+def add_artifact(engine: Engine, sha256: str, name: str, size: int) -> None:
+    with Session(engine) as s, s.begin():
+        if s.get(Artifact, sha256) is None:
+            s.add(Artifact(sha256=sha256, name=name, size=size, created=time.time()))
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, default=str).encode()

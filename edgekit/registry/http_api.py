@@ -1,0 +1,152 @@
+"""The registry's HTTP API (standard library server, JSON) and artifact store with Range.
+
+Routes::
+
+    GET  /api/v1/health                      liveness + row counts + ingest counters
+    GET  /api/v1/devices[?fleet=F]           device inventory
+    GET  /api/v1/devices/{id}                one device
+    GET  /api/v1/events?device=&deployment=  deployment progress events
+    POST /api/v1/artifacts?name=N            upload a bundle (body); returns sha256, url, length
+    GET  /artifacts/{sha256}.bundle          download, with single-range ``Range: bytes=a-b`` (206)
+    GET  /api/v1/openapi.json                the OpenAPI description of the above
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from . import db
+from .openapi import OPENAPI
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_ART = re.compile(r"^/artifacts/([0-9a-f]{64})\.bundle$")
+MAX_UPLOAD = 2 << 30
+
+
+class RegistryHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, addr, engine, store: Path, ingest=None) -> None:
+        super().__init__(addr, Handler)
+        self.engine, self.store, self.ingest = engine, Path(store), ingest
+        self.store.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: RegistryHTTPServer
+    disable_nagle_algorithm = True  # keep-alive requests otherwise stall ~40 ms
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet; the CLI logs what matters
+        pass
+
+    def _json(self, obj, status: int = 200) -> None:
+        body = db.dumps(obj)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, message: str) -> None:
+        self._json({"error": {"code": HTTPStatus(status).phrase.lower().replace(" ", "_"), "message": message}},
+                   status)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        url = urlparse(self.path)
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        eng = self.server.engine
+        if url.path == "/api/v1/health":
+            ing = self.server.ingest
+            return self._json({"ok": True, "rows": db.count_rows(eng),
+                               "ingest": {"stored": ing.stored, "rejected": ing.rejected,
+                                          "connected": ing.conn.connected} if ing else None})
+        if url.path == "/api/v1/devices":
+            return self._json({"devices": db.list_devices(eng, q.get("fleet"))})
+        if m := re.match(r"^/api/v1/devices/([^/]+)$", url.path):
+            dev = db.get_device(eng, m.group(1))
+            return self._json(dev) if dev else self._error(404, f"unknown device {m.group(1)!r}")
+        if url.path == "/api/v1/events":
+            return self._json({"events": db.list_events(eng, q.get("device"), q.get("deployment"),
+                                                        int(q.get("limit", 200)))})
+        if url.path == "/api/v1/openapi.json":
+            return self._json(OPENAPI)
+        if m := _ART.match(url.path):
+            return self._artifact(m.group(1))
+        self._error(404, f"no route {url.path}")
+
+    def _artifact(self, sha: str) -> None:
+        path = self.server.store / f"{sha}.bundle"
+        if not path.exists():
+            return self._error(404, f"no artifact {sha}")
+        size = path.stat().st_size
+        start, end, status = 0, size - 1, 200
+        if rng := self.headers.get("Range"):
+            m = _RANGE.match(rng.strip())
+            if not m or (not m.group(1) and not m.group(2)):
+                return self._error(416, f"unsupported Range {rng!r}")
+            if m.group(1):
+                start = int(m.group(1))
+                end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+            else:  # suffix range: last N bytes
+                start = max(size - int(m.group(2)), 0)
+            if start >= size or start > end:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start + 1))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            left = end - start + 1
+            while left > 0 and (chunk := fh.read(min(1 << 20, left))):
+                self.wfile.write(chunk)
+                left -= len(chunk)
+
+    def do_POST(self) -> None:  # noqa: N802
+        url = urlparse(self.path)
+        if url.path != "/api/v1/artifacts":
+            return self._error(404, f"no route {url.path}")
+        length = int(self.headers.get("Content-Length") or -1)
+        if not 0 < length <= MAX_UPLOAD:
+            return self._error(411 if length < 0 else 413, "a Content-Length between 1 byte and 2 GiB is required")
+        name = parse_qs(url.query).get("name", ["bundle"])[0]
+        h = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=self.server.store, suffix=".upload")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                left = length
+                while left > 0 and (chunk := self.rfile.read(min(1 << 20, left))):
+                    h.update(chunk)
+                    out.write(chunk)
+                    left -= len(chunk)
+            if left:
+                return self._error(400, f"upload ended {left} bytes early")
+            sha = h.hexdigest()
+            os.replace(tmp, self.server.store / f"{sha}.bundle")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        db.add_artifact(self.server.engine, sha, name, length)
+        self._json({"sha256": sha, "length": length, "url": f"{self.server.base_url}/artifacts/{sha}.bundle"}, 201)

@@ -1,0 +1,68 @@
+"""Turn a converted artifact directory into a signed bundle (host side).
+
+Reads ``<convert-out>/<profile>/{model.*, golden.npz, report.json}``, writes the manifest,
+signs a TUF targets document with the key store's targets key and writes one ``.bundle`` file.
+The release counter (anti-rollback) is monotonic per model name and key store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .core import bundle, trust
+from .core.atomic import atomic_write_json, read_json
+from .core.errors import UsageError
+from .core.profiles import load_profile
+from .keys import KeyStore
+
+
+def next_release(store: KeyStore, model: str, explicit: int | None = None) -> int:
+    path = store.directory / "releases.json"
+    counters = read_json(path, {})
+    last = counters.get(model, 0)
+    n = explicit if explicit is not None else last + 1
+    if n <= 0:
+        raise UsageError("release counter must be positive")
+    atomic_write_json(path, {**counters, model: max(last, n)})
+    return n
+
+
+def build_manifest(report: dict, *, name: str, version: str, release: int) -> dict:
+    profile = load_profile(report["profile"])
+    v = profile.validation
+    return {
+        "schema": bundle.MANIFEST_SCHEMA,
+        "model": {"name": name, "version": version, "release": release, "source_sha256": report["source_sha256"]},
+        "profile": profile.id, "engine": report["engine"], "format": report["format"],
+        "precision": report["precision"], "artifact": report["artifact"],
+        "inputs": report["inputs"], "outputs": report["outputs"],
+        "golden": {"file": bundle.GOLDEN_MEMBER, "count": report["golden_vectors"], "atol": v["atol"],
+                   "rtol": v["rtol"], "min_cosine": v["min_cosine"], "min_top1_agreement": v["min_top1_agreement"]},
+        "budgets": {k: profile.budgets[k] for k in ("latency_p50_ms", "latency_p95_ms", "max_peak_memory_bytes",
+                                                     "max_model_bytes")},
+        "parity": next((c for c in report["candidates"] if c["precision"] == report["precision"]), {}),
+        "created_at": time.time(),
+    }
+
+
+def release_artifact(artifact_dir: Path, store: KeyStore, out_dir: Path, *, name: str, version: str,
+                     release: int | None = None, expiry_days: float = 180) -> Path:
+    artifact_dir = Path(artifact_dir)
+    try:
+        report = json.loads((artifact_dir / "report.json").read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{artifact_dir} holds no report.json", hint="Run `edgekit convert` first and pass "
+                         "one of the per-profile folders it wrote (e.g. out/raspberry-pi-4).") from None
+    manifest = build_manifest(report, name=name, version=version, release=next_release(store, name, release))
+    members = {
+        bundle.MANIFEST_MEMBER: json.dumps(manifest, indent=1, sort_keys=True).encode(),
+        manifest["artifact"]: (artifact_dir / manifest["artifact"]).read_bytes(),
+        bundle.GOLDEN_MEMBER: (artifact_dir / "golden.npz").read_bytes(),
+    }
+    md = trust.build_targets(members, version=manifest["model"]["release"], expires=trust.utc_in(expiry_days),
+                             custom={bundle.MANIFEST_MEMBER: bundle.signed_custom(manifest)})
+    trust.sign(md, store.signers("targets"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return bundle.write_bundle(out_dir / bundle.bundle_file_name(manifest), manifest, members, md.to_bytes())

@@ -1,0 +1,1 @@
+"""Sample model and data shipped with edgekit (trained by examples/train_digits.py)."""

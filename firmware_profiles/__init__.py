@@ -1,0 +1,1 @@
+"""Hardware profiles (data): one TOML file per device class, schema in edgekit.core.profiles."""
