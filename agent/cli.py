@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = load_profile(cfg.profile)
         events: list[dict] = []
         inst = Installer(cfg.data_dir, profile, cfg.trusted_root,
-                         lambda s, ok, d, e: events.append({"state": s, "ok": ok, **({"error": e.to_dict()} if e else {})}),
+                         lambda s, ok, d, e, dep: events.append({"state": s, "ok": ok, **({"error": e.to_dict()} if e else {})}),
                          threads=cfg.threads, allow_expired=cfg.allow_expired or getattr(args, "allow_expired", False),
                          health_runs=cfg.health_runs)
         if args.command == "status":

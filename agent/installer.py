@@ -47,7 +47,7 @@ TERMINAL = ("committed", "failed", "rolled_back", "already_installed")
 MAX_ATTEMPTS = 3
 AGENT_BUILD_TIME = 1795600000.0  # a floor for the clock of devices without an RTC (2026-11)
 
-Emit = Callable[[str, bool, dict, "EdgekitError | None"], None]
+Emit = Callable[[str, bool, dict, "EdgekitError | None", "str | None"], None]
 
 
 @dataclass
@@ -118,13 +118,14 @@ class Installer:
         if rec.attempts > MAX_ATTEMPTS:
             err = InstallError(f"install of {rec.request.deployment_id} interrupted {rec.attempts - 1} times; giving up")
             return self._finish(rec, "failed" if rec.state != "switching" else "rolling_back", err)
-        self.emit("recovering", True, {"from_state": rec.state, "attempt": rec.attempts}, None)
+        self.emit("recovering", True, {"from_state": rec.state, "attempt": rec.attempts}, None,
+                  rec.request.deployment_id)
         return self._drive(rec)
 
     def _drive(self, rec: InstallRecord) -> InstallRecord:
         while rec.state not in TERMINAL:
             self._save(rec)  # persist *before* the side effect
-            self.emit(rec.state, True, dict(rec.details), None)
+            self.emit(rec.state, True, dict(rec.details), None, rec.request.deployment_id)
             try:
                 self.handlers[rec.state](rec)
                 outcome, err = "ok", None
@@ -150,7 +151,8 @@ class Installer:
         remove_tree(self._work(rec))
         self._save(rec)
         ok = state in ("committed", "already_installed")
-        self.emit(state, ok, dict(rec.details), err if err else (None if ok else _error_from(rec.error)))
+        self.emit(state, ok, dict(rec.details), err if err else (None if ok else _error_from(rec.error)),
+                  rec.request.deployment_id)
         return rec
 
     # -- handlers (each idempotent) --------------------------------------------------------

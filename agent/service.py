@@ -99,10 +99,8 @@ class Agent:
     def _emit(self, state: str, ok: bool, details: dict, error: EdgekitError | None,
               deployment_id: str | None = None) -> None:
         self._seq += 1
-        rec = self.installer.load_record()
-        dep = deployment_id or (rec.request.deployment_id if rec else None)
         msg = messages.build(messages.EVENT, device=self.cfg.device_id, seq=self._seq, state=state, ok=ok,
-                             deployment_id=dep, error=error.to_dict() if error else None, details=details or None,
+                             deployment_id=deployment_id, error=error.to_dict() if error else None, details=details or None,
                              model=details.get("model"), version=details.get("version"))
         payload = messages.dumps(msg)
         if self.conn is not None and self.conn.connected:

@@ -45,8 +45,10 @@ class MqttConnection:
             self.client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         self._cv = threading.Condition(threading.RLock())
         self._connack: int | None = None
-        self._acks: dict[int, int] = {}
-        self._waiting: set[int] = set()
+        # Reason codes by message id. Never hold ``_cv`` while calling into paho: paho calls
+        # on_publish with its own mutex held, so holding ours around publish() deadlocks.
+        self._pubacks: dict[int, int] = {}
+        self._subacks: dict[int, int] = {}
         self._handlers: list[tuple[str, Handler]] = []
         self._rpc_waiters: list[Handler] = []
         self.on_connected: Callable[[bool], None] | None = None
@@ -71,15 +73,13 @@ class MqttConnection:
 
     def _on_ack(self, client, userdata, mid, reason_code, properties) -> None:
         with self._cv:
-            if mid in self._waiting:
-                self._acks[mid] = reason_code.value
-                self._cv.notify_all()
+            self._pubacks[mid] = reason_code.value  # bounded: at most 65535 message ids
+            self._cv.notify_all()
 
     def _on_suback(self, client, userdata, mid, reason_codes, properties) -> None:
         with self._cv:
-            if mid in self._waiting:
-                self._acks[mid] = max(rc.value for rc in reason_codes)
-                self._cv.notify_all()
+            self._subacks[mid] = max(rc.value for rc in reason_codes)
+            self._cv.notify_all()
 
     def _on_message(self, client, userdata, msg) -> None:
         for flt, handler in list(self._handlers):
@@ -111,36 +111,32 @@ class MqttConnection:
                 raise TransportError(f"broker refused the connection (reason code 0x{code:02x})",
                                      hint="Check the client id, credentials/certificate and broker ACLs.")
 
-    def _wait_ack(self, mid: int, what: str, timeout: float) -> int:
+    def _wait(self, predicate, what: str, timeout: float) -> None:
         with self._cv:
-            ok = self._cv.wait_for(lambda: mid in self._acks, timeout)
-            self._waiting.discard(mid)
-            if not ok:
+            if not self._cv.wait_for(predicate, timeout):
                 raise TimeoutError_(f"{what}: no acknowledgement from the broker within {timeout:.0f}s")
-            return self._acks.pop(mid)
 
     def subscribe(self, filters: list[tuple[str, int]], handler: Handler, timeout: float = 10.0) -> None:
         self._handlers.extend((flt, handler) for flt, _ in filters)
+        rc, mid = self.client.subscribe(filters)
+        if rc != paho.MQTT_ERR_SUCCESS:
+            raise TransportError(f"subscribe to {[f for f, _ in filters]} failed: {paho.error_string(rc)}")
+        self._wait(lambda: mid in self._subacks, "subscribe", timeout)
         with self._cv:
-            rc, mid = self.client.subscribe(filters)
-            if rc != paho.MQTT_ERR_SUCCESS:
-                raise TransportError(f"subscribe to {[f for f, _ in filters]} failed: {paho.error_string(rc)}")
-            self._waiting.add(mid)
-        code = self._wait_ack(mid, "subscribe", timeout)
+            code = self._subacks.pop(mid)
         if code >= 0x80:
             raise TransportError(f"broker refused subscription to {[f for f, _ in filters]} (reason code 0x{code:02x})")
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                 properties: Properties | None = None, wait: bool = True, timeout: float = 10.0) -> None:
         """Publish; with ``wait`` (QoS 1), block for PUBACK and raise on a failure reason code."""
-        with self._cv:
-            info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
-            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-                raise TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
-            if wait and qos > 0:
-                self._waiting.add(info.mid)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            raise TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         if wait and qos > 0:
-            code = self._wait_ack(info.mid, f"publish to {topic}", timeout)
+            self._wait(info.is_published, f"publish to {topic}", timeout)
+            with self._cv:
+                code = self._pubacks.get(info.mid, 0)
             if code >= 0x80:
                 raise TransportError(f"broker refused publish to {topic} (reason code 0x{code:02x})",
                                      reason_code=code)
