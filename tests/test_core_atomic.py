@@ -66,9 +66,6 @@ def test_oserror_inside_writer_becomes_storage_error(tmp_path):
     assert entries(tmp_path) == ["file.bin"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: atomic_writer creates the parent dir and the temp file outside its "
-                                       "try block, so an unusable directory raises a bare OSError "
-                                       "(FileExistsError here) instead of StorageError")
 def test_unusable_directory_raises_storage_error(tmp_path):
     (tmp_path / "plain-file").write_bytes(b"")
     with pytest.raises(StorageError):

@@ -321,9 +321,6 @@ def test_existing_dest_is_refused(good, root, tmp_path):
         bundle.open_bundle(good, root, dest)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: open_bundle() removes `dest` on failure even when the failure is "
-                                       "that `dest` already existed (mkdir -> FileExistsError -> remove_tree), "
-                                       "deleting a directory it did not create")
 def test_existing_dest_is_left_alone(good, root, tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -333,9 +330,6 @@ def test_existing_dest_is_left_alone(good, root, tmp_path):
     assert (dest / "keep.txt").read_text() == "previous install"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a correctly signed bundle without manifest.json makes open_bundle() "
-                                       "raise a bare FileNotFoundError (only ValueError/BundleError are caught "
-                                       "after extraction) and leaves the extracted `dest` behind")
 def test_signed_bundle_without_manifest(tmp_path, store, root):
     manifest = make_manifest()
     members = {k: v for k, v in make_members(manifest).items() if k != bundle.MANIFEST_MEMBER}

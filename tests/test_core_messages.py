@@ -122,15 +122,11 @@ def test_loads_rejects_oversized_bytes_payload():
     assert "exceeds" in loads_error(bytearray(big), m.STATUS).message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: loads() checks MAX_PAYLOAD only for bytes/bytearray; an oversized "
-                                       "str payload is parsed and accepted")
 def test_loads_rejects_oversized_str_payload():
     big = json.dumps(payload(m.STATUS, pad="x" * m.MAX_PAYLOAD))
     loads_error(big, m.STATUS)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the sha256 check uses '^...$', which matches before a trailing "
-                                       "newline, so a 65-character 'sha256' ending in '\\n' is accepted")
 def test_notice_sha256_with_trailing_newline_is_rejected():
     loads_error(raw(payload(m.NOTICE, sha256=SHA + "\n")), m.NOTICE)
 

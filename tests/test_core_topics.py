@@ -56,8 +56,6 @@ def test_unknown_command():
         topics.command("f", "d", "reboot")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: NAME_RE ends with '$', which also matches before a trailing "
-                                       "newline, so check_name('dev\\n') passes and the newline ends up in the topic")
 def test_id_with_trailing_newline_is_rejected():
     with pytest.raises(UsageError):
         topics.status("fleet", "dev\n")
@@ -100,9 +98,6 @@ def test_fleet_filter():
         topics.fleet_filter("cmd")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: fleet_filter() does not validate fleet (other than the '+' "
-                                       "wildcard) nor shared_group, so 'a/b' or '#' silently produce a filter "
-                                       "with a different topic structure")
 @pytest.mark.parametrize("fleet,group", [("a/b", None), ("#", None), ("f", "g/h")])
 def test_fleet_filter_rejects_bad_levels(fleet, group):
     with pytest.raises(UsageError):

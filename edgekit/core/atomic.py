@@ -41,8 +41,11 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     On any exception the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _storage_error(exc, path) from exc
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh

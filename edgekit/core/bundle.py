@@ -134,6 +134,8 @@ def open_bundle(path: str | Path, root, dest: str | Path, *, reference_time: flo
     from .atomic import remove_tree
 
     dest = Path(dest)
+    if dest.exists():
+        raise StorageError(f"extraction target {dest} already exists; refusing to overwrite it")
     reference_time = time.time() if reference_time is None else reference_time
     try:
         tar = tarfile.open(path, mode="r:")
@@ -178,9 +180,12 @@ def open_bundle(path: str | Path, root, dest: str | Path, *, reference_time: flo
         for name in (manifest["artifact"], manifest["golden"]["file"]):
             if name not in members:
                 raise IntegrityError(f"manifest names {name!r} but the bundle does not hold it")
-    except (ValueError, BundleError) as exc:
+    except BundleError:
         remove_tree(dest)
-        raise exc if isinstance(exc, BundleError) else BundleError(f"manifest.json is not valid JSON: {exc}") from None
+        raise
+    except (ValueError, OSError) as exc:
+        remove_tree(dest)
+        raise BundleError(f"bundle has no readable manifest.json: {exc}") from None
     return VerifiedBundle(dest, manifest, md.signed.version, md.signed.expires.isoformat())
 
 

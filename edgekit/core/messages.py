@@ -17,7 +17,7 @@ from .errors import MessageError
 from .schema import matches, non_negative, one_of, positive, validate
 
 _SHA256 = matches(re.compile(r"^[0-9a-f]{64}$"), "a lower-case hex SHA-256")
-_URL = matches(re.compile(r"^https?://"), "an http(s) URL")
+_URL = matches(re.compile(r"https?://\S+"), "an http(s) URL")
 MAX_PAYLOAD = 8 * 1024 * 1024
 
 STATUS = "edgekit.status/1"
@@ -73,7 +73,7 @@ def dumps(message: dict) -> bytes:
 
 def loads(payload: bytes | str, expected: str) -> dict:
     """Parse and validate a payload against the ``expected`` schema id."""
-    if isinstance(payload, (bytes, bytearray)) and len(payload) > MAX_PAYLOAD:
+    if len(payload) > MAX_PAYLOAD:
         raise MessageError(f"{expected}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     try:
         obj = json.loads(payload)

@@ -38,7 +38,7 @@ def fraction(v: float) -> str | None:
 
 
 def matches(regex: re.Pattern, what: str) -> Check:
-    return lambda v: None if regex.match(v) else f"must be {what}"
+    return lambda v: None if regex.fullmatch(v) else f"must be {what}"
 
 
 def _type_name(t: Any) -> str:

@@ -7,6 +7,7 @@ endpoint may also carry raw frames (see ``agent.endpoint``); this module is the 
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,9 @@ MAX_ELEMENTS = 64 * 1024 * 1024
 
 
 def encode(array: np.ndarray) -> dict[str, Any]:
-    arr = np.ascontiguousarray(array)
+    arr = np.asarray(array)
+    if not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")  # ascontiguousarray would turn a 0-d array into 1-d
     if arr.dtype.name not in DTYPES:
         raise MessageError(f"unsupported tensor dtype {arr.dtype.name}")
     return {"dtype": arr.dtype.name, "shape": list(arr.shape),
@@ -33,7 +36,7 @@ def decode(obj: Any, what: str = "tensor") -> np.ndarray:
         raise MessageError(f"{what}: unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise MessageError(f"{what}: shape must be a list of non-negative integers, got {shape!r}")
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)  # Python ints: no overflow on absurd shapes
     if count > MAX_ELEMENTS:
         raise MessageError(f"{what}: {count} elements exceeds the limit of {MAX_ELEMENTS}")
     try:

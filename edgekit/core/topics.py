@@ -28,7 +28,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def check_name(value: str, what: str) -> str:
     """Fleet and device ids become topic levels: no wildcards, no slashes, bounded length."""
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise UsageError(
             f"invalid {what} {value!r}: use 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)"
         )
@@ -77,8 +77,10 @@ def fleet_filter(kind: str, fleet: str = "+", shared_group: str | None = None) -
     """
     if kind not in DEVICE_KINDS:
         raise UsageError(f"unknown report kind {kind!r}; known: {', '.join(DEVICE_KINDS)}")
+    if fleet != "+":
+        check_name(fleet, "fleet id")
     flt = f"{ROOT}/{fleet}/devices/+/{kind}"
-    return f"$share/{shared_group}/{flt}" if shared_group else flt
+    return f"$share/{check_name(shared_group, 'shared subscription group')}/{flt}" if shared_group else flt
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,6 @@ def parse(topic: str) -> ParsedTopic:
     if len(parts) < 6 or "/".join(parts[:2]) != ROOT or parts[3] != "devices":
         raise MessageError(f"not an edgekit/v1 device topic: {topic!r}")
     fleet, device, kind, rest = parts[2], parts[4], parts[5], tuple(parts[6:])
-    if kind not in DEVICE_KINDS + ("cmd", "rpc") or not NAME_RE.match(fleet) or not NAME_RE.match(device):
+    if kind not in DEVICE_KINDS + ("cmd", "rpc") or not NAME_RE.fullmatch(fleet) or not NAME_RE.fullmatch(device):
         raise MessageError(f"not an edgekit/v1 device topic: {topic!r}")
     return ParsedTopic(fleet, device, kind, rest)
