@@ -35,6 +35,18 @@ def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = 
     raise TransportError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM, wait, then SIGKILL: for every child process edgekit starts."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class ManagedBroker:
     def __init__(self, workdir: Path, port: int | None = None, persistence: bool = False) -> None:
         self.workdir = Path(workdir)
@@ -70,13 +82,7 @@ class ManagedBroker:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 5)
         self.proc = None
 
     def __enter__(self) -> "ManagedBroker":

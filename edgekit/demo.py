@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from .broker import ManagedBroker, free_port
+from .broker import ManagedBroker, free_port, stop_process
 from .core.errors import EdgekitError, TransportError
 
 SAMPLES = Path(__file__).parent / "samples" / "digits"
@@ -59,13 +59,7 @@ class Proc:
         raise TransportError(f"{self.name} did not start (exit {self.proc.poll()}): {tail}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def start_agent(workdir: Path, device: str, profile: str, broker: ManagedBroker, root: Path,
