@@ -59,6 +59,7 @@ class ManagedBroker:
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
             "max_queued_messages 100000",
+            "set_tcp_nodelay true",
             "max_inflight_messages 100",
             "message_size_limit 16777216",
             f"persistence {'true' if self.persistence else 'false'}",

@@ -53,6 +53,7 @@ class MqttConnection:
         self._rpc_waiters: list[Handler] = []
         self.on_connected: Callable[[bool], None] | None = None
         self.client.on_connect = self._on_connect
+        self.client.on_socket_open = self._on_socket_open
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_ack
         self.client.on_subscribe = self._on_suback
@@ -65,6 +66,16 @@ class MqttConnection:
             self._cv.notify_all()
         if reason_code.value == 0 and self.on_connected:
             self.on_connected(bool(flags.session_present))
+
+    @staticmethod
+    def _on_socket_open(client, userdata, sock) -> None:
+        # paho leaves Nagle on: small PUBLISH/PUBACK packets then stall ~40 ms on delayed ACKs.
+        import socket
+
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):  # not a TCP socket (e.g. websockets/unix)
+            pass
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._cv:
