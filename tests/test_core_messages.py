@@ -135,3 +135,9 @@ def test_dumps_is_compact_and_refuses_nan():
     assert m.dumps({"a": 1, "b": [1, 2]}) == b'{"a":1,"b":[1,2]}'
     with pytest.raises(ValueError):
         m.dumps({"x": float("nan")})
+
+
+def test_loads_rejects_non_finite_numbers():
+    raw = b'{"schema": "edgekit.event/1", "device": "d", "ts": Infinity, "seq": 1, "state": "x", "ok": true}'
+    with pytest.raises(MessageError, match="Infinity"):
+        m.loads(raw, m.EVENT)

@@ -102,3 +102,11 @@ def test_fleet_filter():
 def test_fleet_filter_rejects_bad_levels(fleet, group):
     with pytest.raises(UsageError):
         topics.fleet_filter("status", fleet, shared_group=group)
+
+
+def test_parse_requires_a_command_name_and_rejects_one_on_reports():
+    with pytest.raises(MessageError):
+        topics.parse("edgekit/v1/f/devices/d/cmd")
+    with pytest.raises(MessageError):
+        topics.parse("edgekit/v1/f/devices/d/status/extra")
+    assert topics.parse("edgekit/v1/f/devices/d/cmd/deploy").rest == ("deploy",)

@@ -71,12 +71,16 @@ def dumps(message: dict) -> bytes:
     return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed in edgekit messages")
+
+
 def loads(payload: bytes | str, expected: str) -> dict:
     """Parse and validate a payload against the ``expected`` schema id."""
     if len(payload) > MAX_PAYLOAD:
         raise MessageError(f"{expected}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     try:
-        obj = json.loads(payload)
+        obj = json.loads(payload, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageError(f"{expected}: payload is not valid JSON ({exc})") from None
     if not isinstance(obj, dict):

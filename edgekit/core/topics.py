@@ -97,6 +97,7 @@ def parse(topic: str) -> ParsedTopic:
     if len(parts) < 6 or "/".join(parts[:2]) != ROOT or parts[3] != "devices":
         raise MessageError(f"not an edgekit/v1 device topic: {topic!r}")
     fleet, device, kind, rest = parts[2], parts[4], parts[5], tuple(parts[6:])
-    if kind not in DEVICE_KINDS + ("cmd", "rpc") or not NAME_RE.fullmatch(fleet) or not NAME_RE.fullmatch(device):
+    if kind not in DEVICE_KINDS + ("cmd", "rpc") or not NAME_RE.fullmatch(fleet) or not NAME_RE.fullmatch(device) \
+            or (kind in ("cmd", "rpc")) != bool(rest):
         raise MessageError(f"not an edgekit/v1 device topic: {topic!r}")
     return ParsedTopic(fleet, device, kind, rest)
