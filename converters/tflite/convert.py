@@ -1,0 +1,125 @@
+"""ONNX -> TFLite conversion entry point, without TensorFlow.
+
+What it does: loads and folds the ONNX model, translates it to TFLite (NHWC inside), applies
+the precision (``fp32``; ``fp16`` weights behind DEQUANTIZE; ``int8-full`` calibrated on the
+float TFLite model), serializes the flatbuffer, checks that ai-edge-litert loads it, writes it
+atomically and returns a report (ops with versions, tensor count, size, precision, I/O layout and
+signature, per-op coverage, timings).
+
+What it does not do: judge accuracy (the parity gate compares against onnxruntime), choose a
+precision for a device profile, or bundle/sign the artifact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.core.atomic import atomic_write_bytes
+from edgekit.core.errors import UsageError
+
+from . import onnx_import, onnx_prep, quantize
+from .op_versions import op_version
+from .schema_writer import serialize
+
+PRECISIONS = ("fp32", "fp16", "int8-full")
+IO_LAYOUTS = ("nchw", "nhwc")
+
+
+def convert_onnx_to_tflite(onnx_path, out_path, *, precision: str = "fp32",
+                           calibration: dict[str, np.ndarray] | None = None, io_layout: str = "nchw",
+                           input_shapes: dict[str, list[int]] | None = None,
+                           max_calibration_samples: int = 200) -> dict:
+    """Convert ``onnx_path`` to a TFLite flatbuffer at ``out_path`` and return the report.
+
+    ``calibration`` maps input names to arrays ``[N, ...]`` in the ONNX layout (required for
+    ``int8-full``; at most ``max_calibration_samples`` are used, each run with batch 1).
+    ``input_shapes`` fixes symbolic input dimensions (the batch is always fixed to 1).
+    """
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if io_layout not in IO_LAYOUTS:
+        raise UsageError(f"io_layout must be one of {', '.join(IO_LAYOUTS)}, not {io_layout!r}")
+    if precision == "int8-full" and not calibration:
+        raise UsageError("int8-full needs calibration data (a dict input name -> array [N, ...])")
+    t0 = time.perf_counter()
+    graph = onnx_prep.load(onnx_path, input_shapes)
+    model, coverage = onnx_import.translate(graph, io_layout)
+    timings = {"translate_s": time.perf_counter() - t0}
+    n_samples = 0
+    if precision == "fp16":
+        model = quantize.to_fp16(model)
+    elif precision == "int8-full":
+        t1 = time.perf_counter()
+        samples = calibration_samples(calibration, graph, io_layout, max_calibration_samples)
+        n_samples = len(samples)
+        ranges = quantize.calibrate(serialize(model), model, samples)
+        model = quantize.to_int8(model, ranges)
+        timings["calibrate_s"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    data = serialize(model)
+    timings["serialize_s"] = time.perf_counter() - t2
+    _check_loads(data)
+    atomic_write_bytes(out_path, data)
+    timings["total_s"] = time.perf_counter() - t0
+    return _report(model, data, coverage, precision, io_layout, n_samples, out_path, timings)
+
+
+def calibration_samples(calibration: dict[str, np.ndarray], graph, io_layout: str, limit: int) -> list[dict]:
+    """Batch-1 samples in the model's I/O layout, from arrays in the ONNX layout."""
+    missing = [n for n in graph.inputs if n not in calibration]
+    if missing:
+        raise UsageError(f"calibration data lacks inputs {missing}; it has {sorted(calibration)}")
+    counts = {len(calibration[n]) for n in graph.inputs}
+    if len(counts) != 1:
+        raise UsageError(f"calibration inputs have different sample counts {sorted(counts)}")
+    samples = []
+    for i in range(min(counts.pop(), limit)):
+        sample = {}
+        for name in graph.inputs:
+            x = np.asarray(calibration[name][i:i + 1], dtype=graph.dtypes.get(name, np.float32))
+            if tuple(x.shape) != tuple(graph.shapes[name]):
+                raise UsageError(f"calibration sample for {name!r} has shape {x.shape[1:]}, "
+                                 f"the model expects {graph.shapes[name][1:]}")
+            perm = onnx_import.io_perm(x.ndim, io_layout)
+            sample[name] = np.ascontiguousarray(x.transpose(perm))
+        samples.append(sample)
+    if not samples:
+        raise UsageError("calibration data is empty")
+    return samples
+
+
+def _check_loads(data: bytes) -> None:
+    from .runtime import interpreter
+
+    interpreter(data, "auto")
+
+
+def _report(model, data: bytes, coverage: dict, precision: str, io_layout: str, n_samples: int,
+            out_path, timings: dict) -> dict:
+    ops = Counter((op.op, op_version(model, op)) for op in model.operators)
+
+    def sig(indices):
+        return [{"name": model.tensors[i].name, "shape": list(model.tensors[i].shape),
+                 "dtype": model.tensors[i].dtype} for i in indices]
+    return {
+        "format": "tflite",
+        "path": str(Path(out_path)),
+        "precision": precision,
+        "io_layout": io_layout,
+        "size_bytes": len(data),
+        "tensor_count": len(model.tensors),
+        "operator_count": len(model.operators),
+        "ops": [{"op": op, "version": v, "count": k} for (op, v), k in sorted(ops.items())],
+        "inputs": sig(model.inputs),
+        "outputs": sig(model.outputs),
+        "calibration_samples": n_samples,
+        "coverage": coverage,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+
+
+__all__ = ["convert_onnx_to_tflite", "PRECISIONS", "IO_LAYOUTS"]

@@ -1,0 +1,307 @@
+"""Post-training quantization of the in-memory TFLite model: full-integer int8 and fp16 weights.
+
+What it does:
+
+* ``calibrate`` runs the float model (builtin kernels without delegates, all tensors preserved)
+  on calibration samples and records each float tensor's min/max.
+* ``to_int8`` rewrites a float model to full-integer int8: activations per-tensor asymmetric from
+  calibration (ranges widened to include 0); CONV_2D / TRANSPOSE_CONV weights per-channel
+  symmetric on axis 0, DEPTHWISE_CONV_2D on axis 3, FULLY_CONNECTED per-tensor symmetric; int32
+  biases with ``scale = input_scale * weight_scale`` and zero point 0; SOFTMAX / LOGISTIC outputs
+  at 1/256, -128 (TANH 1/128, 0; LOG_SOFTMAX 16/256, 127); ops that do not requantize (reshape,
+  transpose, pools, pads, slices, resizes, max/min) keep their input's parameters. Float I/O:
+  QUANTIZE after each input and DEQUANTIZE before each output. Ops without an int8 kernel, and
+  a final concat/reshape/transpose that only writes graph outputs, run in float between
+  DEQUANTIZE/QUANTIZE.
+* ``to_fp16`` stores float constants as float16 behind DEQUANTIZE ops.
+
+What it does not do: int16 activations, per-channel FULLY_CONNECTED, percentile/entropy
+calibration, quantization-aware anything, or integer-only I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from .schema_writer import Model, Operator, Quant
+
+INT8_OPS = {
+    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "ADD", "SUB", "MUL",
+    "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "RESHAPE", "TRANSPOSE", "SOFTMAX", "LOGISTIC",
+    "TANH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "HARD_SWISH", "PAD", "PADV2", "SPLIT",
+    "SPLIT_V", "STRIDED_SLICE", "MEAN", "MAXIMUM", "MINIMUM", "GATHER", "RESIZE_BILINEAR",
+    "RESIZE_NEAREST_NEIGHBOR", "MIRROR_PAD", "REDUCE_MAX", "REDUCE_MIN", "PRELU", "LOG_SOFTMAX",
+    "BATCH_MATMUL", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "GELU",
+}   # not SUM: the reference int8 SUM kernel gave wrong sums (off by ~60% of the range) here
+# Output takes the (first) input's parameters: these kernels do not requantize.
+SAME_AS_INPUT = {"RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "PAD", "PADV2", "SPLIT",
+                 "SPLIT_V", "STRIDED_SLICE", "GATHER", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR",
+                 "MIRROR_PAD", "REDUCE_MAX", "REDUCE_MIN", "MAXIMUM", "MINIMUM", "DEPTH_TO_SPACE",
+                 "SPACE_TO_DEPTH"}
+# Data movement that writes only graph outputs runs in float: the output is float anyway, and a
+# concat of differently scaled parts (boxes and scores) would share one int8 scale.
+FLOAT_TAIL = {"CONCATENATION", "RESHAPE", "TRANSPOSE"}
+# Kernels that read every input with the output's parameters.
+MATCH_INPUTS = {"CONCATENATION", "MAXIMUM", "MINIMUM"}
+FIXED_OUTPUT = {"SOFTMAX": (1 / 256, -128), "LOGISTIC": (1 / 256, -128), "TANH": (1 / 128, 0),
+                "LOG_SOFTMAX": (16 / 256, 127)}
+# (weight input, bias input, data input, per-channel axis or None for per-tensor)
+WEIGHTED = {"CONV_2D": (1, 2, 0, 0), "DEPTHWISE_CONV_2D": (1, 2, 0, 3), "TRANSPOSE_CONV": (1, 3, 2, 0),
+            "FULLY_CONNECTED": (1, 2, 0, None)}
+
+
+def _data_input(op) -> int:
+    if op.op in WEIGHTED:
+        return WEIGHTED[op.op][2]
+    return 1 if op.op == "SPLIT" else 0     # SPLIT(axis, input)
+
+
+def _float_tail(model: Model, op, consumers) -> bool:
+    return op.op in FLOAT_TAIL and all(i in model.outputs and not consumers.get(i) for i in op.outputs)
+
+
+def calibrate(model_bytes: bytes, model: Model, samples: list[dict[str, np.ndarray]]) -> dict[int, tuple[float, float]]:
+    from .runtime import interpreter, run
+
+    interp = interpreter(model_bytes, "builtin", preserve_all=True)
+    watch = [i for i, t in enumerate(model.tensors) if t.dtype == "float32" and not t.is_const]
+    ranges: dict[int, list[float]] = {}
+    for sample in samples:
+        run(interp, sample)
+        for i in watch:
+            try:
+                a = interp.get_tensor(i)
+            except ValueError:
+                continue
+            lo, hi = float(a.min()), float(a.max())
+            r = ranges.setdefault(i, [lo, hi])
+            r[0], r[1] = min(r[0], lo), max(r[1], hi)
+    return {i: (lo, hi) for i, (lo, hi) in ranges.items()}
+
+
+def asymmetric(lo: float, hi: float) -> Quant:
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max(hi - lo, 1e-6) / 255.0
+    zp = int(np.clip(round(-128 - lo / scale), -128, 127))
+    return Quant.make(scale, zp)
+
+
+def _quantize(data: np.ndarray, q: Quant, dtype, lo: int, hi: int) -> np.ndarray:
+    shape = [1] * data.ndim
+    if q.scale.size > 1:
+        shape[q.dim] = -1
+    s, z = q.scale.reshape(shape).astype(np.float64), q.zero_point.reshape(shape)
+    return np.clip(np.round(data / s) + z, lo, hi).astype(dtype)
+
+
+def _weights(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, Quant]:
+    if axis is None:
+        amax = np.array([np.abs(w).max()])
+    else:
+        amax = np.abs(np.moveaxis(w, axis, 0)).reshape(w.shape[axis], -1).max(axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1e-8).astype(np.float32)
+    q = Quant.make(scale, 0, axis or 0)
+    return _quantize(w.astype(np.float64), q, np.int8, -127, 127), q
+
+
+class _Rewriter:
+    def __init__(self, model: Model, ranges: dict[int, tuple[float, float]]) -> None:
+        self.m = copy.deepcopy(model)
+        self.ranges = ranges
+        self.ops: list = []
+        self.deq: dict[int, int] = {}     # int8 tensor -> float copy
+
+    def act(self, idx: int, op=None) -> Quant:
+        """Parameters for activation ``idx`` written by ``op``."""
+        t = self.m.tensors[idx]
+        if t.quant is not None:
+            return t.quant
+        if op is not None and op.op in FIXED_OUTPUT:
+            q = Quant.make(*FIXED_OUTPUT[op.op])
+        elif op is not None and op.op in SAME_AS_INPUT and self.m.tensors[op.inputs[_data_input(op)]].quant:
+            q = self.m.tensors[op.inputs[_data_input(op)]].quant
+        else:
+            q = asymmetric(*self.ranges.get(idx, (0.0, 1.0)))
+        t.dtype, t.quant = "int8", q
+        return q
+
+    def const(self, idx: int, like: Quant | None = None) -> int:
+        t = self.m.tensors[idx]
+        q = like or asymmetric(float(t.data.min(initial=0)), float(t.data.max(initial=0)))
+        return self.m.add_tensor(f"{t.name}/int8", t.shape, "int8", _quantize(t.data, q, np.int8, -128, 127), q)
+
+    def weighted(self, op) -> None:
+        wi, bi, xi, axis = WEIGHTED[op.op]
+        in_q = self.m.tensors[op.inputs[xi]].quant
+        w = self.m.tensors[op.inputs[wi]]
+        wq, q = _weights(w.data, axis)
+        op.inputs[wi] = self.m.add_tensor(f"{w.name}/int8", w.shape, "int8", wq, q)
+        if len(op.inputs) > bi and op.inputs[bi] >= 0:
+            b = self.m.tensors[op.inputs[bi]]
+            bq = Quant.make(in_q.scale[0] * q.scale, 0)
+            data = np.clip(np.round(b.data.astype(np.float64) / bq.scale.astype(np.float64)),
+                           -2**31, 2**31 - 1).astype(np.int32)
+            op.inputs[bi] = self.m.add_tensor(f"{b.name}/int32", b.shape, "int32", data, bq)
+
+    def float_copy(self, idx: int) -> int:
+        if idx not in self.deq:
+            t = self.m.tensors[idx]
+            f = self.m.add_tensor(f"{t.name}/float", t.shape, "float32")
+            self.ops.append(Operator("DEQUANTIZE", [idx], [f]))
+            self.deq[idx] = f
+        return self.deq[idx]
+
+    def run(self) -> Model:
+        m = self.m
+        consumers = m.consumers()
+        new_inputs = []
+        for idx in m.inputs:
+            t = m.tensors[idx]
+            if t.dtype != "float32":
+                new_inputs.append(idx)
+                continue
+            q = asymmetric(*self.ranges.get(idx, (0.0, 1.0)))
+            f = m.add_tensor(t.name, t.shape, "float32")
+            t.name, t.dtype, t.quant = f"{t.name}/int8", "int8", q
+            self.ops.append(Operator("QUANTIZE", [f], [idx]))
+            new_inputs.append(f)
+        for op in m.operators:
+            floats = [i for i in op.outputs if m.tensors[i].dtype == "float32"]
+            if floats and (op.op not in INT8_OPS or _float_tail(m, op, consumers)):
+                self.float_op(op, consumers)
+                continue
+            for k, i in enumerate(op.inputs):
+                t = m.tensors[i] if i >= 0 else None
+                if t is None or not t.is_const or t.dtype != "float32":
+                    continue
+                if op.op in WEIGHTED and k in WEIGHTED[op.op][:2]:
+                    continue
+                like = m.tensors[op.inputs[_data_input(op)]].quant if op.op in SAME_AS_INPUT else None
+                op.inputs[k] = self.const(i, like)
+            if op.op in WEIGHTED:
+                self.weighted(op)
+            for i in op.outputs:
+                if m.tensors[i].dtype == "float32":
+                    self.act(i, op)
+            if op.op in MATCH_INPUTS:
+                self.match_inputs(op)
+            self.ops.append(op)
+        new_outputs = []
+        for idx in m.outputs:
+            t = m.tensors[idx]
+            if t.dtype != "int8":
+                new_outputs.append(idx)
+                continue
+            f = m.add_tensor(t.name, t.shape, "float32")
+            t.name = f"{t.name}/int8"
+            self.ops.append(Operator("DEQUANTIZE", [idx], [f]))
+            new_outputs.append(f)
+        m.operators, m.inputs, m.outputs = self.ops, new_inputs, new_outputs
+        m.prune()
+        return m
+
+    def match_inputs(self, op) -> None:
+        """Requantize live inputs whose parameters differ from the output's (the kernel does not)."""
+        q = self.m.tensors[op.outputs[0]].quant
+        for k, i in enumerate(op.inputs):
+            t = self.m.tensors[i]
+            if t.quant is None or (np.array_equal(t.quant.scale, q.scale)
+                                   and np.array_equal(t.quant.zero_point, q.zero_point)):
+                continue
+            if t.is_const:
+                op.inputs[k] = self.m.add_tensor(f"{t.name}/requant", t.shape, "int8",
+                                                 _quantize(self._real(t), q, np.int8, -128, 127), q)
+                continue
+            r = self.m.add_tensor(f"{t.name}/requant", t.shape, "int8", quant=q)
+            self.ops.append(Operator("QUANTIZE", [i], [r]))
+            op.inputs[k] = r
+
+    @staticmethod
+    def _real(t) -> np.ndarray:
+        s, z = t.quant.scale.astype(np.float64), t.quant.zero_point
+        return (t.data.astype(np.float64) - z) * s
+
+    def float_op(self, op, consumers) -> None:
+        """Run ``op`` in float: dequantize its int8 inputs, quantize outputs that int8 ops read."""
+        m = self.m
+        op.inputs = [self.float_copy(i) if i >= 0 and m.tensors[i].dtype == "int8" and not m.tensors[i].is_const
+                     else i for i in op.inputs]
+        requant, outs = [], []
+        for i in op.outputs:
+            t = m.tensors[i]
+            if t.dtype != "float32" or (i in m.outputs and not consumers.get(i)):
+                outs.append(i)       # a float graph output stays float
+                continue
+            f = m.add_tensor(f"{t.name}/float", t.shape, "float32")
+            self.act(i)
+            self.deq[i] = f
+            requant.append((f, i))
+            outs.append(f)
+        op.outputs = outs
+        self.ops.append(op)
+        self.ops.extend(Operator("QUANTIZE", [f], [i]) for f, i in requant)
+
+
+def shared_ranges(model: Model, ranges: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
+    """Widen ranges so that each CONCATENATION shares one scale with the tensors feeding it.
+
+    A concat input produced through ops that keep their input's parameters (split, reshape...)
+    is traced back to the tensor whose parameters are free; all those roots and the concat
+    output form one group with the union range. Inputs with fixed parameters (e.g. LOGISTIC
+    outputs) stay out and get a requantizing QUANTIZE later.
+    """
+    producer = {t: op for op in model.operators for t in op.outputs}
+    parent: dict[int, int] = {}
+
+    def find(i: int) -> int:
+        while parent.get(i, i) != i:
+            i = parent[i]
+        return i
+
+    def root(i: int) -> int | None:
+        while i in producer and producer[i].op in SAME_AS_INPUT:
+            i = producer[i].inputs[_data_input(producer[i])]
+        op = producer.get(i)
+        if model.tensors[i].is_const or (op is not None and op.op in FIXED_OUTPUT):
+            return None
+        return i
+
+    consumers = model.consumers()
+    for op in model.operators:
+        out = op.outputs[0]
+        if op.op != "CONCATENATION" or _float_tail(model, op, consumers):
+            continue
+        for i in op.inputs:
+            r = root(i)
+            if r is not None and r in ranges:
+                parent[find(r)] = find(out)
+    groups: dict[int, list[float]] = {}
+    for i in set(parent) | set(parent.values()):
+        if i in ranges:
+            lo, hi = ranges[i]
+            g = groups.setdefault(find(i), [lo, hi])
+            g[0], g[1] = min(g[0], lo), max(g[1], hi)
+    widened = dict(ranges)
+    for i in set(parent) | set(parent.values()):
+        if find(i) in groups:
+            widened[i] = tuple(groups[find(i)])
+    return widened
+
+
+def to_int8(model: Model, ranges: dict[int, tuple[float, float]]) -> Model:
+    return _Rewriter(model, shared_ranges(model, ranges)).run()
+
+
+def to_fp16(model: Model) -> Model:
+    """Float constants stored as float16, each behind a DEQUANTIZE (version 3) to float32."""
+    m = copy.deepcopy(model)
+    front = []
+    for idx, t in enumerate(list(m.tensors)):
+        if t.is_const and t.dtype == "float32":
+            half = m.add_tensor(f"{t.name}/fp16", t.shape, "float16", t.data.astype(np.float16))
+            t.data = None
+            front.append(Operator("DEQUANTIZE", [half], [idx]))
+    m.operators = front + m.operators
+    return m
