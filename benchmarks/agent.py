@@ -1,0 +1,454 @@
+"""Agent benchmark: inference overhead, footprint and install throughput, each against a baseline
+measured in the same run.
+
+What is measured (all on loopback, everything started here is stopped before exit):
+
+1. Inference overhead on a ~1 ms float32 CNN built with ``onnx.helper``
+   (input [1, 3, 64, 64] -> Conv 3->C1 3x3 -> Relu -> Conv C1->C2 3x3 -> Relu -> GlobalAveragePool
+   -> Flatten -> Gemm C2->10):
+
+   * baseline: raw ``onnxruntime.InferenceSession.run`` (intra_op_num_threads=1, inter_op=1);
+   * A (in-process): a real ``agent.service.Agent`` (constructed, never started: no MQTT) whose
+     ``runner`` is ``agent.runtime.load_runner(path, "onnxruntime", threads=1)``; timed calls go
+     through ``Agent.infer`` (lock, runner, ``InferenceStats.record``);
+   * B (MQTT RPC end to end): a managed mosquitto, the model converted (fp32), signed, flashed with
+     ``edgekit-agent install`` *before* the agent starts, a real ``edgekit-agent run`` subprocess
+     (``threads = 1``), and ``edgekit.deploy.infer_remote`` round trips from this process.
+
+   Baseline and A are timed in interleaved blocks so that drift of the machine hits both alike.
+
+2. Agent footprint: RSS (psutil) of an agent subprocess connected to the broker, idle with a fresh
+   data dir (no model), and with the model of (1) loaded, each 2 s after its "ready" line; cold
+   start = process spawn until the "ready" JSON line on stdout (median of 3 spawns per case).
+
+3. Install throughput of a ~10 MB model (Gemm, 1600x1600 float32 weight) served by the registry's
+   HTTP server (``RegistryHTTPServer``, artifact store addressed by SHA-256):
+
+   * baseline: ``urllib.request`` download to a file + ``hashlib.sha256`` of the bytes;
+   * candidate: ``agent.installer.Installer.install`` in-process into a fresh data dir (profile
+     ``x86-64-gateway``, its default thread count) = download, verify (TUF), stage, health check,
+     switch. Per-state times come from the timestamps of the emitted events.
+
+   Median of N runs each (alternating), after one unrecorded warm-up run of each.
+
+Reproduce::
+
+    .venv/bin/python benchmarks/agent.py                # writes benchmarks/results/agent.json
+    .venv/bin/python benchmarks/agent.py --out /tmp/agent.json --runs 500
+
+Needs mosquitto (``scripts/setup.sh`` installs it). Takes 10-25 s on a 2-core VM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "agent.json"
+PROFILE = "x86-64-gateway"
+FLEET = "bench"
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def pcts(lat_ms: list[float]) -> dict:
+    p50, p95, p99 = np.percentile(lat_ms, [50, 95, 99])
+    return {"n": len(lat_ms), "p50_ms": round(float(p50), 4), "p95_ms": round(float(p95), 4),
+            "p99_ms": round(float(p99), 4), "mean_ms": round(float(np.mean(lat_ms)), 4)}
+
+
+def ratios(cand: dict, base: dict) -> dict:
+    return {k: round(cand[k] / base[k], 3) for k in ("p50_ms", "p95_ms", "p99_ms")}
+
+
+def timed(fn, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def _save(model, path: Path) -> Path:
+    import onnx
+
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def build_cnn(path: Path, c1: int, c2: int) -> Path:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def init(name, shape, scale=0.1):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    inits = [init("w1", (c1, 3, 3, 3)), init("b1", (c1,)), init("w2", (c2, c1, 3, 3)), init("b2", (c2,)),
+             init("w3", (10, c2)), init("b3", (10,))]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "w3", "b3"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(nodes, "bench_cnn",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def build_gemm(path: Path, n: int) -> Path:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array((rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(n, np.float32), "b")
+    graph = helper.make_graph([helper.make_node("Gemm", ["input", "w", "b"], ["output"])], "bench_gemm",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, n])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, n])], [w, b])
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def make_bundle(model: Path, shape: tuple[int, ...], work: Path, store, name: str) -> Path:
+    """Convert (fp32, parity gate on random inputs), sign and write a bundle; return its path."""
+    from converters.data import Dataset
+    from converters.onnx_pipeline import convert_onnx
+    from edgekit.core.profiles import load_profile
+    from edgekit.release import release_artifact
+
+    data = Dataset({"input": np.random.default_rng(2).random((16, *shape[1:]), dtype=np.float32)}, labels=None)
+    out = work / f"out-{name}"
+    convert_onnx(model, load_profile(PROFILE), out, precision="fp32", calibration=data, validation=data)
+    return release_artifact(out / PROFILE, store, work / "bundles", name=name, version="1.0.0")
+
+
+def write_agent_config(home: Path, device: str, broker_port: int, root: Path, threads: int | None) -> Path:
+    """Like ``edgekit.demo.start_agent`` but without spawning (so we can flash first) and with threads."""
+    from agent.config import render_config
+
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "root.json").write_bytes(root.read_bytes())
+    cfg = home / "agent.toml"
+    text = render_config(device_id=device, fleet=FLEET, profile=PROFILE, data_dir="data", trusted_root="root.json",
+                         host="127.0.0.1", port=broker_port, telemetry_interval_s=30)
+    if threads is not None:  # render_config ends inside the [inference] table
+        text += f"threads = {threads}\n"
+    cfg.write_text(text)
+    return cfg
+
+
+def spawn_agent(stack: ExitStack, home: Path, device: str, cfg: Path) -> tuple:
+    """Start ``edgekit-agent run``; return (Proc, seconds from spawn to the ready line, ready dict)."""
+    from edgekit.demo import Proc
+
+    t0 = time.perf_counter()
+    proc = Proc(device, [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)], home / "agent.log")
+    stack.callback(proc.stop)
+    ready = proc.ready()
+    return proc, time.perf_counter() - t0, ready
+
+
+def settled_rss(proc, settle_s: float = 2.0) -> int:
+    import psutil
+
+    time.sleep(settle_s)
+    return psutil.Process(proc.proc.pid).memory_info().rss
+
+
+# -- 1 + 2: inference overhead and footprint -------------------------------------------------------
+def bench_inference_and_footprint(work: Path, args) -> tuple[dict, dict]:
+    import onnxruntime as ort
+    import psutil
+
+    from agent.config import AgentConfig
+    from agent.runtime import load_runner
+    from agent.service import Agent
+    from edgekit.broker import ManagedBroker
+    from edgekit.core.mqtt import MqttConnection
+    from edgekit.deploy import infer_remote
+    from edgekit.keys import init_keystore
+
+    model = build_cnn(work / "cnn.onnx", args.channels[0], args.channels[1])
+    x = {"input": np.random.default_rng(3).random((1, 3, 64, 64), dtype=np.float32)}
+    store = init_keystore(work / "keys")
+
+    # baseline and A, in-process, interleaved blocks
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+    agent = Agent(AgentConfig(device_id="bench-inproc", profile=PROFILE, data_dir=work / "inproc",
+                              trusted_root=store.root_path, threads=1))
+    try:
+        agent.runner = load_runner(model, "onnxruntime", threads=1)
+        base_fn = lambda: sess.run(None, x)  # noqa: E731
+        agent_fn = lambda: agent.infer(x)  # noqa: E731
+        ref = sess.run(None, x)[0]
+        assert np.allclose(agent.infer(x)["logits"], ref, atol=1e-5)
+        timed(base_fn, args.warmup), timed(agent_fn, args.warmup)
+        base_lat: list[float] = []
+        agent_lat: list[float] = []
+        blocks = 5
+        for _ in range(blocks):
+            base_lat += timed(base_fn, args.runs // blocks)
+            agent_lat += timed(agent_fn, args.runs // blocks)
+        agent_stats = agent.stats.snapshot()
+    finally:
+        agent.stop()
+
+    # B: MQTT RPC end to end, plus the footprint of real agent subprocesses
+    with ExitStack() as stack:
+        broker = stack.enter_context(ManagedBroker(work / "broker"))
+        bundle = make_bundle(model, (1, 3, 64, 64), work, store, "bench-cnn")
+
+        # footprint: idle agent, fresh data dir, no model
+        idle_home = work / "devices" / "bench-idle"
+        idle_cfg = write_agent_config(idle_home, "bench-idle", broker.port, store.root_path, threads=1)
+        idle_cold = []
+        for i in range(args.cold_starts):
+            idle, cold_s, _ = spawn_agent(stack, idle_home, "bench-idle", idle_cfg)
+            idle_cold.append(cold_s)
+            if i == args.cold_starts - 1:
+                idle_rss = settled_rss(idle)
+            idle.stop()
+
+        # agent with the model flashed before it starts
+        home = work / "devices" / "bench-rpc"
+        cfg = write_agent_config(home, "bench-rpc", broker.port, store.root_path, threads=1)
+        t0 = time.perf_counter()
+        flashed = subprocess.run([sys.executable, "-m", "agent.cli", "install", str(bundle), "--config", str(cfg)],
+                                 capture_output=True, text=True, timeout=120)
+        flash_s = time.perf_counter() - t0
+        if flashed.returncode != 0:
+            raise RuntimeError(f"edgekit-agent install failed ({flashed.returncode}): {flashed.stderr[-800:]}")
+        model_cold = []
+        for i in range(args.cold_starts):  # the last one stays up for the RPC runs
+            proc, cold_s, ready = spawn_agent(stack, home, "bench-rpc", cfg)
+            model_cold.append(cold_s)
+            if ready.get("model") != "bench-cnn":
+                raise RuntimeError(f"agent started without the flashed model: {ready}")
+            if i < args.cold_starts - 1:
+                proc.stop()
+        model_rss = settled_rss(proc)
+
+        conn = MqttConnection(f"bench-{uuid.uuid4().hex[:6]}", "127.0.0.1", broker.port)
+        conn.connect()
+        stack.callback(conn.close)
+        out, _ = infer_remote(conn, FLEET, "bench-rpc", x, timeout=10)
+        assert np.allclose(out["logits"], ref, atol=1e-4)
+        rpc = lambda: infer_remote(conn, FLEET, "bench-rpc", x, timeout=10)  # noqa: E731
+        timed(rpc, args.warmup)
+        rpc_lat, device_lat = [], []
+        for _ in range(args.mqtt_runs):
+            t0 = time.perf_counter()
+            _, resp = rpc()
+            rpc_lat.append((time.perf_counter() - t0) * 1000)
+            device_lat.append(resp["latency_ms"])
+        rss_after_rpc = psutil.Process(proc.proc.pid).memory_info().rss
+
+    base, a, b = pcts(base_lat), pcts(agent_lat), pcts(rpc_lat)
+    inference = {
+        "model": {"input": [1, 3, 64, 64], "channels": list(args.channels), "bytes": model.stat().st_size},
+        "baseline_raw_onnxruntime": base,
+        "a_in_process_agent_infer": {**a, "construction": "real agent.service.Agent(AgentConfig) (not started); "
+                                     "runner = load_runner(path, 'onnxruntime', threads=1); timed Agent.infer",
+                                     "agent_stats_snapshot": agent_stats},
+        "b_mqtt_rpc": {**b, "device_side_latency": pcts(device_lat), "min_ms": round(min(rpc_lat), 4),
+                       "p50_per_50_runs_ms": [round(float(np.median(rpc_lat[k:k + 50])), 3)
+                                              for k in range(0, len(rpc_lat), 50)],
+                       "path": "infer_remote -> mosquitto -> edgekit-agent run (threads=1) -> reply"},
+        "ratio_a_over_baseline": ratios(a, base),
+        "ratio_b_over_baseline": ratios(b, base),
+        "interleaved_blocks": blocks,
+    }
+    footprint = {
+        "idle_no_model": {"rss_bytes": idle_rss, "rss_mib": round(idle_rss / 2**20, 1),
+                          "cold_start_s": round(statistics.median(idle_cold), 3),
+                          "cold_start_all_s": [round(v, 3) for v in idle_cold]},
+        "model_loaded": {"rss_bytes": model_rss, "rss_mib": round(model_rss / 2**20, 1),
+                         "cold_start_s": round(statistics.median(model_cold), 3),
+                         "cold_start_all_s": [round(v, 3) for v in model_cold],
+                         "rss_after_rpc_runs_mib": round(rss_after_rpc / 2**20, 1)},
+        "settle_s": 2.0,
+        "bench_flash_s": round(flash_s, 3),
+        "notes": "cold start = Popen until the ready JSON line (imports, recover, model load, MQTT connect), "
+                 "median of the spawns; RSS of the last spawn, 2 s after ready, before any RPC",
+    }
+    return inference, footprint
+
+
+# -- 3: install throughput ---------------------------------------------------------------------------
+def bench_install(work: Path, args) -> dict:
+    import hashlib
+
+    from agent.installer import InstallRequest, Installer
+    from edgekit.core.profiles import load_profile
+    from edgekit.keys import init_keystore
+    from edgekit.registry.db import open_db
+    from edgekit.registry.http_api import RegistryHTTPServer
+
+    store = init_keystore(work / "keys-install")
+    model = build_gemm(work / "gemm.onnx", args.gemm)
+    bundle = make_bundle(model, (1, args.gemm), work, store, "bench-gemm")
+    blob = bundle.read_bytes()
+    sha, length = hashlib.sha256(blob).hexdigest(), len(blob)
+    del blob
+
+    server = RegistryHTTPServer(("127.0.0.1", 0), open_db(f"sqlite:///{work}/registry.db"), work / "artifacts")
+    shutil.copy(bundle, server.store / f"{sha}.bundle")
+    url = f"{server.base_url}/artifacts/{sha}.bundle"
+    thread = threading.Thread(target=server.serve_forever, name="registry-http", daemon=True)
+    thread.start()
+    profile = load_profile(PROFILE)
+    try:
+        def baseline(i: int) -> float:
+            dest = work / "raw" / f"{i}.bundle"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            h = hashlib.sha256()
+            with urllib.request.urlopen(url, timeout=30) as resp, open(dest, "wb") as out:
+                while chunk := resp.read(256 * 1024):
+                    h.update(chunk)
+                    out.write(chunk)
+            elapsed = time.perf_counter() - t0
+            if h.hexdigest() != sha:
+                raise RuntimeError("baseline download hash mismatch")
+            dest.unlink()
+            return elapsed
+
+        def candidate(i: int) -> tuple[float, dict]:
+            marks: list[tuple[str, float]] = []
+
+            def emit(state, ok, details, error, deployment_id):
+                marks.append((state, time.perf_counter()))
+
+            data_dir = work / "install" / f"run-{i}"
+            inst = Installer(data_dir, profile, store.root_path, emit)
+            t0 = time.perf_counter()
+            rec = inst.install(InstallRequest(deployment_id=f"bench-{i}", url=url, sha256=sha, length=length))
+            elapsed = time.perf_counter() - t0
+            if rec.state != "committed":
+                raise RuntimeError(f"install ended in {rec.state}: {rec.error}")
+            states = {s: (marks[k + 1][1] - t) for k, (s, t) in enumerate(marks[:-1])}
+            shutil.rmtree(data_dir, ignore_errors=True)
+            return elapsed, states
+
+        baseline(-1), candidate(-1)  # warm-up (page cache, imports of tuf)
+        base_s, cand_s, per_state = [], [], []
+        for i in range(args.install_runs):
+            base_s.append(baseline(i))
+            t, states = candidate(i)
+            cand_s.append(t)
+            per_state.append(states)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    med_b, med_c = statistics.median(base_s), statistics.median(cand_s)
+    state_names = list(per_state[0])
+    return {
+        "bundle_bytes": length, "model_bytes": model.stat().st_size, "runs": args.install_runs,
+        "baseline_urllib_sha256": {"median_s": round(med_b, 4), "all_s": [round(v, 4) for v in base_s],
+                                   "mb_per_s": round(length / med_b / 1e6, 1)},
+        "candidate_installer": {"median_s": round(med_c, 4), "all_s": [round(v, 4) for v in cand_s],
+                                "mb_per_s": round(length / med_c / 1e6, 1),
+                                "threads": profile.threads, "health_runs": 20},
+        "ratio_candidate_over_baseline": round(med_c / med_b, 3),
+        "goal_ratio": 1.5,
+        "per_state_median_s": {s: round(statistics.median(r[s] for r in per_state), 4) for s in state_names},
+    }
+
+
+# -- main -------------------------------------------------------------------------------------
+def machine_info() -> dict:
+    import onnxruntime as ort
+
+    return {"cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
+            "cpu_model": next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                               if ln.startswith("model name")), platform.processor()),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "onnxruntime": ort.__version__, "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def print_table(res: dict) -> None:
+    inf, fp, ins = res["inference"], res["footprint"], res["install"]
+    print(f"\n{'inference (ms)':34} {'p50':>8} {'p95':>8} {'p99':>8}   ratio p50/p95/p99")
+    rows = [("baseline raw onnxruntime", inf["baseline_raw_onnxruntime"], None),
+            ("A in-process Agent.infer", inf["a_in_process_agent_infer"], inf["ratio_a_over_baseline"]),
+            ("B MQTT RPC round trip", inf["b_mqtt_rpc"], inf["ratio_b_over_baseline"]),
+            ("  (B device-side latency_ms)", inf["b_mqtt_rpc"]["device_side_latency"], None)]
+    for name, p, r in rows:
+        tail = f"   {r['p50_ms']}/{r['p95_ms']}/{r['p99_ms']}" if r else ""
+        print(f"{name:34} {p['p50_ms']:8.3f} {p['p95_ms']:8.3f} {p['p99_ms']:8.3f}{tail}")
+    print(f"\n{'agent footprint':34} {'RSS MiB':>8} {'cold s':>8}   (cold start: median of spawns)")
+    for name, key in (("idle, no model", "idle_no_model"), ("model loaded", "model_loaded")):
+        print(f"{name:34} {fp[key]['rss_mib']:8.1f} {fp[key]['cold_start_s']:8.3f}")
+    print(f"\ninstall {ins['bundle_bytes'] / 1e6:.1f} MB bundle, median of {ins['runs']}")
+    print(f"{'baseline urllib + sha256':34} {ins['baseline_urllib_sha256']['median_s']:8.3f} s")
+    print(f"{'Installer.install':34} {ins['candidate_installer']['median_s']:8.3f} s   "
+          f"ratio {ins['ratio_candidate_over_baseline']} (goal <= {ins['goal_ratio']})")
+    print("  per state (median s): " + ", ".join(f"{k} {v}" for k, v in ins["per_state_median_s"].items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON result path (default {DEFAULT_OUT})")
+    p.add_argument("--runs", type=int, default=500, help="timed in-process runs per variant (default 500)")
+    p.add_argument("--mqtt-runs", type=int, default=300, help="timed MQTT round trips (default 300)")
+    p.add_argument("--warmup", type=int, default=30, help="untimed warm-up calls per variant")
+    p.add_argument("--cold-starts", type=int, default=3, help="agent spawns per footprint case (default 3)")
+    p.add_argument("--install-runs", type=int, default=5, help="install runs per variant (default 5)")
+    p.add_argument("--channels", type=int, nargs=2, default=(32, 48), metavar=("C1", "C2"),
+                   help="conv channels of the ~1 ms model (default 32 48)")
+    p.add_argument("--gemm", type=int, default=1600, help="Gemm size of the install model (default 1600: ~10 MB)")
+    p.add_argument("--keep", type=Path, help="work in this folder and keep it (logs, bundles)")
+    args = p.parse_args(argv)
+
+    t_start = time.perf_counter()
+    with ExitStack() as stack:
+        if args.keep:
+            work = args.keep
+            work.mkdir(parents=True, exist_ok=True)
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgekit-bench-")))
+        print("[1/2] inference overhead + agent footprint", flush=True)
+        inference, footprint = bench_inference_and_footprint(work, args)
+        print("[2/2] install throughput", flush=True)
+        install = bench_install(work, args)
+    res = {"benchmark": "agent", "machine": machine_info(), "inference": inference, "footprint": footprint,
+           "install": install, "wall_s": round(time.perf_counter() - t_start, 1)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    print_table(res)
+    print(f"\nwrote {args.out} in {res['wall_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
