@@ -13,3 +13,10 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
+# Third-party models shipped inside PyPI wheels, used by tests and benchmarks (never fetched at run time).
+mkdir -p .cache/wheels
+for w in nudenet==3.4.2; do
+  name=${w%%==*}; ver=${w##*==}
+  ls .cache/wheels/${name}-${ver}-*.whl >/dev/null 2>&1 || \
+    .venv/bin/python -m pip download -q --no-deps "$w" -d .cache/wheels
+done

@@ -117,9 +117,9 @@ def _infer(model, inputs, nodes, consts):
 
     outputs = [helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type, None)
                for o in model.graph.output]
+    used = {i for n in nodes for i in n.input}
     graph = helper.make_graph(nodes, "g", inputs, outputs,
-                              initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()
-                                           if any(k in n.input for n in nodes)])
+                              initializer=[numpy_helper.from_array(v, k) for k, v in consts.items() if k in used])
     m = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     try:
         m = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)

@@ -7,9 +7,9 @@ tensor, the flatten order is folded into the weight columns instead of transposi
 MatMul with more than 2 dims uses ``keep_num_dims``; a constant left operand is handled by
 swapping the last two axes of the layout; two live operands become BATCH_MATMUL.
 
-What it does not do: Gemm with both operands live and ``transA``/``transB`` combinations other than
-through layouts, integer MatMul (MatMulInteger), or a bias C that varies along the batch axis
-(added with ADD instead).
+What it does not do: Gemm with a live B (or a constant A), MatMul with a 1-D operand or a
+constant operand of rank > 2, integer MatMul (MatMulInteger). A Gemm bias C that varies along
+the batch axis is added with a separate ADD.
 """
 
 from __future__ import annotations
