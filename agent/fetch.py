@@ -8,7 +8,6 @@ renames to ``dest``. A failed verification deletes the ``.part`` file.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import urllib.error
@@ -17,17 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 from edgekit.core.atomic import ensure_free_space
+from edgekit.core.bundle import file_sha256
 from edgekit.core.errors import IntegrityError, StorageError, TransportError
 
 CHUNK = 256 * 1024
-
-
-def _hash_existing(path: Path) -> "hashlib._Hash":
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h
 
 
 def _attempt(url: str, part: Path, length: int, timeout: float, progress: Callable[[int], None] | None) -> None:
@@ -85,7 +77,7 @@ def download(url: str, dest: Path, *, length: int, sha256: str, retries: int = 1
         time.sleep(min(backoff_s * 2 ** attempt, 5.0))
     else:
         raise TransportError(f"download of {url} failed after {retries + 1} attempts: {last}")
-    digest = _hash_existing(part).hexdigest()
+    digest, _ = file_sha256(part)
     if digest != sha256:
         part.unlink(missing_ok=True)
         raise IntegrityError(f"downloaded bundle hash {digest[:12]}… does not match the notice's {sha256[:12]}…")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import queue
 import signal
-import sys
 import threading
 import time
 import uuid
@@ -200,8 +199,3 @@ class Agent:
 
 def new_deployment_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-def exit_with(exc: EdgekitError) -> None:
-    print(json.dumps({"error": exc.to_dict()}), file=sys.stderr)
-    sys.exit(exc.exit_code)

@@ -11,7 +11,6 @@ Not here: TFLite output (``converters.tflite``), graph simplification and fp16 (
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import tempfile
 import time
@@ -169,10 +168,3 @@ def convert_onnx(src: Path, profile: Profile, out_dir: Path, *, precision: str, 
     report["size_ratio"] = round(report["source_bytes"] / report["artifact_bytes"], 3)
     atomic_write_json(dest / "report.json", report)
     return report
-
-
-def load_report(artifact_dir: Path) -> dict:
-    try:
-        return json.loads((artifact_dir / "report.json").read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{artifact_dir} holds no conversion report; run `edgekit convert` first") from None

@@ -12,9 +12,6 @@ import numpy as np
 import pytest
 
 import onnx  # noqa: E402  (host extra: a missing package must fail, not skip)
-import onnxruntime  # noqa: E402,F401
-import ai_edge_litert  # noqa: E402,F401
-import tflite  # noqa: E402,F401
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 

@@ -14,7 +14,6 @@ Routes::
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import tempfile
