@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from edgekit.core.errors import EdgekitError
+from edgekit.core.errors import EdgekitError, exit_code_for
 
 from .config import load_config
 
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"error: {rec.error['message']}" + (f"\n  hint: {rec.error['hint']}" if rec.error.get("hint") else ""),
               file=sys.stderr)
-        return {"integrity": 5, "trust": 5, "expired": 5, "rollback": 5, "incompatible": 5, "bundle": 5,
-                "storage": 8}.get(rec.error["code"], 7)
+        return exit_code_for(rec.error["code"])
     except EdgekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -156,3 +156,12 @@ class StorageError(EdgekitError):
 class MessageError(EdgekitError):
     code = "malformed_message"
     exit_code = 9
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    return [cls] + [s for sub in cls.__subclasses__() for s in _all_subclasses(sub)]
+
+
+def exit_code_for(code: str) -> int:
+    """The exit code of the error class whose ``code`` is ``code`` (for errors carried as dicts)."""
+    return next((c.exit_code for c in _all_subclasses(EdgekitError) if c.code == code), EdgekitError.exit_code)
