@@ -1,13 +1,14 @@
 """The install state machine: download → verify → stage → health check → switch → commit.
 
 States and their transitions are data (``TRANSITIONS``); each state has one handler that does
-I/O. The state record (``state.json``) is written atomically *before* each handler runs, so
+I/O and returns None ("ok") or another outcome named in the table. The state record
+(``state.json``) is written atomically *before* each handler runs, so
 after a crash :meth:`Installer.recover` re-enters the persisted state, whose handler is
 idempotent. ``attempts`` counts entries into the machine per deployment: past ``MAX_ATTEMPTS``
 the deployment fails instead of looping. The serving slot is never written: a failure at any
 point leaves the previous model serving (after the switch, a failure switches back).
 
-Every transition is reported through ``emit(state, ok, details, error)``.
+Every transition is reported through ``emit(state, ok, details, error, deployment_id)``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .slots import Slots
 TRANSITIONS: dict[tuple[str, str], str] = {
     ("downloading", "ok"): "verifying",
     ("verifying", "ok"): "staging",
+    ("verifying", "already_installed"): "already_installed",
     ("staging", "ok"): "health_check",
     ("health_check", "ok"): "switching",
     ("switching", "ok"): "committed",
@@ -127,14 +129,11 @@ class Installer:
             self._save(rec)  # persist *before* the side effect
             self.emit(rec.state, True, dict(rec.details), None, rec.request.deployment_id)
             try:
-                self.handlers[rec.state](rec)
-                outcome, err = "ok", None
+                outcome, err = self.handlers[rec.state](rec) or "ok", None
             except EdgekitError as exc:
                 outcome, err = "fail", exc
             except Exception as exc:  # a bug or an unexpected library error: never leave a half state
                 outcome, err = "fail", InstallError(f"unexpected error in {rec.state}: {exc!r}")
-            if rec.state == "verifying" and isinstance(err, _AlreadyInstalled):
-                return self._finish(rec, "already_installed", None)
             nxt = TRANSITIONS[(rec.state, outcome)]
             if err is not None:
                 rec.error = err.to_dict()
@@ -173,7 +172,7 @@ class Installer:
             atomic_write_json(floor_path, {"floor": now})
         return now
 
-    def _verify(self, rec: InstallRecord) -> None:
+    def _verify(self, rec: InstallRecord) -> str | None:
         from edgekit.core import bundle, trust  # tuf costs ~20 MB: import only when a bundle arrives
 
         work = self._work(rec) / "extracted"
@@ -200,7 +199,7 @@ class Installer:
         rec.details.update(model=m["model"]["name"], version=m["model"]["version"], release=m["model"]["release"])
         if installed and installed["model"] == m["model"]["name"]:
             if installed["release"] == m["model"]["release"] and installed["version"] == m["model"]["version"]:
-                raise _AlreadyInstalled("already installed")
+                return "already_installed"
             if m["model"]["release"] < installed["release"] and not rec.request.allow_downgrade:
                 raise RollbackError(f"release {m['model']['release']} ({m['model']['version']}) is older than the "
                                     f"installed release {installed['release']} ({installed['version']})")
@@ -242,10 +241,6 @@ class Installer:
                                      "release": m["model"]["release"], "installed_at": time.time()})
             if self.on_commit:
                 self.on_commit(self.slots.path(prev), m)
-
-
-class _AlreadyInstalled(BundleError):
-    code = "already_installed"
 
 
 def _error_from(d: dict | None) -> EdgekitError | None:
