@@ -112,14 +112,16 @@ class Installer:
         return self._drive(rec)
 
     def recover(self) -> InstallRecord | None:
-        """Resume an install interrupted by a crash or power cut (no-op if none)."""
+        """Resume an install interrupted by a crash or power cut; None if there was none."""
         rec = self.load_record()
         if rec is None or rec.state in TERMINAL:
-            return rec
+            return None
         rec.attempts += 1
         if rec.attempts > MAX_ATTEMPTS:
             err = InstallError(f"install of {rec.request.deployment_id} interrupted {rec.attempts - 1} times; giving up")
-            return self._finish(rec, "failed" if rec.state != "switching" else "rolling_back", err)
+            if rec.state not in ("switching", "rolling_back"):
+                return self._finish(rec, "failed", err)
+            rec.error, rec.state = err.to_dict(), "rolling_back"  # the switch may have happened: undo it
         self.emit("recovering", True, {"from_state": rec.state, "attempt": rec.attempts}, None,
                   rec.request.deployment_id)
         return self._drive(rec)

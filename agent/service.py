@@ -41,7 +41,8 @@ class Agent:
         self.runner: Runner | None = None
         self.manifest: dict | None = None
         self.conn: MqttConnection | None = None
-        self._seq = 0
+        self._seq = 0            # events
+        self._telemetry_seq = 0
         self._deployments: queue.Queue[InstallRequest | None] = queue.Queue()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="infer")
         self._stop = threading.Event()
@@ -108,7 +109,8 @@ class Agent:
             print(payload.decode(), flush=True)
 
     def _publish_telemetry(self) -> None:
-        msg = messages.build(messages.TELEMETRY, device=self.cfg.device_id, seq=self._seq,
+        self._telemetry_seq += 1
+        msg = messages.build(messages.TELEMETRY, device=self.cfg.device_id, seq=self._telemetry_seq,
                              health=health(str(self.cfg.data_dir)), inference=self.stats.snapshot(),
                              **self.model_info)
         self.conn.publish(topics.telemetry(self.cfg.fleet, self.cfg.device_id), messages.dumps(msg), wait=False)
@@ -164,7 +166,6 @@ class Agent:
                 self._publish_telemetry()
 
     def start(self) -> None:
-        self.installer.recover()
         self.load_current()
         cid = f"edgekit-agent-{self.cfg.device_id}"
         self.conn = MqttConnection(cid, self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=self.cfg.keepalive_s,
@@ -172,6 +173,9 @@ class Agent:
                                              self._status(False, "connection lost")))
         self.conn.on_connected = self._announce
         self.conn.connect()
+        # resume an install a crash interrupted; connected first so its events reach the registry
+        if self.installer.recover() is not None:
+            self._announce()
         base = topics.device_base(self.cfg.fleet, self.cfg.device_id)
         self.conn.subscribe([(f"{base}/cmd/#", 1), (f"{base}/rpc/infer", 1)], self._on_message)
         threading.Thread(target=self._worker, name="installer", daemon=True).start()

@@ -29,7 +29,7 @@ DEMO_DEVICES = (("pi4-kitchen", "raspberry-pi-4"), ("gateway-01", "x86-64-gatewa
 
 
 class Proc:
-    """A child process whose first JSON line on stdout says it is ready."""
+    """A child process that prints a JSON line with a ``"ready"`` value on stdout once it serves."""
 
     def __init__(self, name: str, argv: list[str], log: Path) -> None:
         self.name = name
@@ -52,9 +52,11 @@ class Proc:
             if not line:
                 break
             try:
-                return json.loads(line)
+                obj = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(obj, dict) and "ready" in obj.values():  # e.g. {"agent": "ready", ...}
+                return obj
         tail = self.log.read_text()[-800:] if self.log.exists() else ""
         raise TransportError(f"{self.name} did not start (exit {self.proc.poll()}): {tail}")
 

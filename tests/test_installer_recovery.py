@@ -96,3 +96,25 @@ def test_health_check_failure_keeps_previous_model(tmp_path, keystore, make_bund
     assert "health check failed" in rec.error["message"]
     assert inst.slots.installed()["version"] == "1.0.0"
     assert np.isfinite(rec.details["health"]["latency_p95_ms"])
+
+
+def test_loop_guard_during_switch_rolls_back_to_previous_model(tmp_path, keystore, make_bundle):
+    v1, v2 = make_bundle(version="1.0.0", release=40), make_bundle(version="2.0.0", release=41)
+    assert make_installer(tmp_path, keystore).install(InstallRequest("d1", bundle_path=str(v1))).state == "committed"
+    for attempt in range(MAX_ATTEMPTS):
+        inst = make_installer(tmp_path, keystore)
+        crash_in(inst, "switching", after_side_effect=True)  # the symlink already points at 2.0.0
+        with pytest.raises(PowerCut):
+            inst.install(InstallRequest("d2", bundle_path=str(v2))) if attempt == 0 else inst.recover()
+    events = []
+    rec = make_installer(tmp_path, keystore, events).recover()
+    assert rec.state == "rolled_back" and "giving up" in rec.error["message"]
+    assert inst.slots.installed()["version"] == "1.0.0"
+    assert events[-1] == ("rolled_back", False, "install")
+
+
+def test_recover_without_interrupted_install_is_a_no_op(tmp_path, keystore, make_bundle):
+    inst = make_installer(tmp_path, keystore)
+    assert inst.recover() is None
+    assert inst.install(InstallRequest("d1", bundle_path=str(make_bundle(release=50)))).state == "committed"
+    assert make_installer(tmp_path, keystore).recover() is None
