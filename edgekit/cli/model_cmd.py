@@ -39,7 +39,7 @@ def convert(model: Path, profile_ids: tuple[str, ...], calibration: Path, valida
         names = [i["name"] for i in inspect_onnx(model)["inputs"]]
         cal, val = load_dataset(calibration, names, max_samples), load_dataset(validation, names, max_samples)
         reports = []
-        with click.progressbar(profiles, label="converting", file=None if not as_json else open("/dev/null", "w"),
+        with click.progressbar(profiles, label="converting", hidden=as_json,
                                item_show_func=lambda p: p.id if p else "") as bar:
             for p in bar:
                 reports.append(convert_onnx(model, p, out, precision=precision, calibration=cal, validation=val))
