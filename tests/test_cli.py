@@ -101,7 +101,8 @@ def test_keys_init_twice_refuses(run, tmp_path):
     assert res.exit_code == 2 and "already exists" in res.output
 
 
-def test_push_with_broker_down_exits_transport_error(tmp_path, make_bundle, registry_down_url="http://127.0.0.1:9"):
+def test_push_with_registry_down_exits_transport_error(make_bundle):
+    registry_down_url = "http://127.0.0.1:9"
     b = make_bundle(version="1.0.0")
     res = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "push", str(b), "-d", "dev-1",
                           "--broker", "127.0.0.1:9", "--registry", registry_down_url], capture_output=True, text=True,
