@@ -14,7 +14,6 @@ Example::
     interval_s = 30
     [inference]
     threads = 0                         # 0 = the profile's default
-    http_port = 0                       # local endpoint on 127.0.0.1 (0 = off)
 """
 
 from __future__ import annotations
@@ -35,8 +34,7 @@ SCHEMA = {
     "trusted_root": (str, True, None),
     "mqtt": {"host": (str, True, None), "port": (int, True, positive), "keepalive_s": (int, False, positive)},
     "telemetry": {"interval_s": ((int, float), False, positive)},
-    "inference": {"threads": (int, False, non_negative), "http_port": (int, False, non_negative),
-                  "timeout_s": ((int, float), False, positive)},
+    "inference": {"threads": (int, False, non_negative)},
     "install": {"allow_expired": (bool, False, None), "health_runs": (int, False, positive)},
 }
 
@@ -53,8 +51,6 @@ class AgentConfig:
     keepalive_s: int = 30
     telemetry_interval_s: float = 30.0
     threads: int = 0
-    http_port: int = 0
-    inference_timeout_s: float = 10.0
     allow_expired: bool = False
     health_runs: int = 20
     path: Path | None = field(default=None, repr=False)
@@ -78,19 +74,18 @@ def load_config(path: str | Path) -> AgentConfig:
         data_dir=(base / raw["data_dir"]).resolve(), trusted_root=(base / raw["trusted_root"]).resolve(),
         mqtt_host=mqtt.get("host", "127.0.0.1"), mqtt_port=mqtt.get("port", 1883),
         keepalive_s=mqtt.get("keepalive_s", 30), telemetry_interval_s=float(tel.get("interval_s", 30)),
-        threads=inf.get("threads", 0), http_port=inf.get("http_port", 0),
-        inference_timeout_s=float(inf.get("timeout_s", 10)), allow_expired=ins.get("allow_expired", False),
+        threads=inf.get("threads", 0), allow_expired=ins.get("allow_expired", False),
         health_runs=ins.get("health_runs", 20), path=path,
     )
 
 
 def render_config(*, device_id: str, fleet: str, profile: str, data_dir: str, trusted_root: str,
-                  host: str, port: int, telemetry_interval_s: float = 30, http_port: int = 0) -> str:
+                  host: str, port: int, telemetry_interval_s: float = 30, threads: int = 0) -> str:
     """The TOML text of a config (used by the host to provision devices)."""
     return (
         f'device_id = "{device_id}"\nfleet = "{fleet}"\nprofile = "{profile}"\n'
         f'data_dir = "{data_dir}"\ntrusted_root = "{trusted_root}"\n\n'
         f'[mqtt]\nhost = "{host}"\nport = {port}\n\n'
         f'[telemetry]\ninterval_s = {telemetry_interval_s}\n\n'
-        f'[inference]\nhttp_port = {http_port}\n'
+        f'[inference]\nthreads = {threads}\n'
     )

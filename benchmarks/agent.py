@@ -148,18 +148,11 @@ def make_bundle(model: Path, shape: tuple[int, ...], work: Path, store, name: st
 
 
 def write_agent_config(home: Path, device: str, broker_port: int, root: Path, threads: int | None) -> Path:
-    """Like ``edgekit.demo.start_agent`` but without spawning (so we can flash first) and with threads."""
-    from agent.config import render_config
+    """Provision without spawning (so we can flash first); threads None = the profile's default."""
+    from edgekit.demo import provision_device
 
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "root.json").write_bytes(root.read_bytes())
-    cfg = home / "agent.toml"
-    text = render_config(device_id=device, fleet=FLEET, profile=PROFILE, data_dir="data", trusted_root="root.json",
-                         host="127.0.0.1", port=broker_port, telemetry_interval_s=30)
-    if threads is not None:  # render_config ends inside the [inference] table
-        text += f"threads = {threads}\n"
-    cfg.write_text(text)
-    return cfg
+    return provision_device(home, device, PROFILE, broker_port, root, fleet=FLEET, telemetry_s=30,
+                            threads=threads or 0)
 
 
 def spawn_agent(stack: ExitStack, home: Path, device: str, cfg: Path) -> tuple:

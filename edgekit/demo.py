@@ -64,17 +64,24 @@ class Proc:
         stop_process(self.proc)
 
 
-def start_agent(workdir: Path, device: str, profile: str, broker: ManagedBroker, root: Path,
-                telemetry_s: float = 2.0) -> Proc:
+def provision_device(home: Path, device: str, profile: str, broker_port: int, root: Path, *,
+                     fleet: str = "demo", telemetry_s: float = 2.0, threads: int = 0) -> Path:
+    """Write what a device gets at provisioning: its copy of the trust root and an agent config."""
     from agent.config import render_config
 
-    home = workdir / "devices" / device
     home.mkdir(parents=True, exist_ok=True)
-    (home / "root.json").write_bytes(root.read_bytes())  # provisioning: the device's copy of the trust root
+    (home / "root.json").write_bytes(root.read_bytes())
     cfg = home / "agent.toml"
-    cfg.write_text(render_config(device_id=device, fleet="demo", profile=profile, data_dir="data",
-                                 trusted_root="root.json", host="127.0.0.1", port=broker.port,
-                                 telemetry_interval_s=telemetry_s))
+    cfg.write_text(render_config(device_id=device, fleet=fleet, profile=profile, data_dir="data",
+                                 trusted_root="root.json", host="127.0.0.1", port=broker_port,
+                                 telemetry_interval_s=telemetry_s, threads=threads))
+    return cfg
+
+
+def start_agent(workdir: Path, device: str, profile: str, broker: ManagedBroker, root: Path,
+                telemetry_s: float = 2.0) -> Proc:
+    home = workdir / "devices" / device
+    cfg = provision_device(home, device, profile, broker.port, root, telemetry_s=telemetry_s)
     return Proc(device, [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)], home / "agent.log")
 
 

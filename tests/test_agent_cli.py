@@ -7,8 +7,8 @@ import json
 import subprocess
 import sys
 
-from agent.config import render_config
 from edgekit.core.errors import IntegrityError, ParityError, exit_code_for
+from edgekit.demo import provision_device
 
 
 def _flash(cfg, bundle, *extra):
@@ -17,11 +17,7 @@ def _flash(cfg, bundle, *extra):
 
 
 def _config(tmp_path, keystore):
-    (tmp_path / "root.json").write_bytes(keystore.root_bytes())
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(render_config(device_id="bench-1", fleet="lab", profile="raspberry-pi-4", data_dir="data",
-                                 trusted_root="root.json", host="127.0.0.1", port=1))
-    return cfg
+    return provision_device(tmp_path, "bench-1", "raspberry-pi-4", 1, keystore.root_path, fleet="lab")
 
 
 def test_bench_flash_then_refuse_tampered_bundle(tmp_path, keystore, make_bundle):
