@@ -15,8 +15,8 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[test]"
 # Third-party models shipped inside PyPI wheels, used by tests and benchmarks (never fetched at run time).
 mkdir -p .cache/wheels
-for w in nudenet==3.4.2; do
+for w in nudenet==3.4.2 rapidocr-onnxruntime==1.4.4 mediapipe==0.10.21; do
   name=${w%%==*}; ver=${w##*==}
-  ls .cache/wheels/${name}-${ver}-*.whl >/dev/null 2>&1 || \
+  ls .cache/wheels/${name//-/_}-${ver}-*.whl >/dev/null 2>&1 || \
     .venv/bin/python -m pip download -q --no-deps "$w" -d .cache/wheels
 done
