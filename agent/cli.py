@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         inst = Installer(cfg.data_dir, profile, cfg.trusted_root,
                          lambda s, ok, d, e, dep: events.append({"state": s, "ok": ok, **({"error": e.to_dict()} if e else {})}),
                          threads=cfg.threads, allow_expired=cfg.allow_expired or getattr(args, "allow_expired", False),
-                         health_runs=cfg.health_runs)
+                         health_runs=cfg.health_runs, device_id=cfg.device_id, device_key=cfg.device_key)
         if args.command == "status":
             rec = inst.load_record()
             print(json.dumps({"installed": inst.slots.installed(), "last_install": rec and rec.state,

@@ -10,6 +10,7 @@ Example::
     [mqtt]
     host = "127.0.0.1"
     port = 1883
+    identity = "."                      # TLS: folder with cert.pem, key.pem, ca.pem (edgekit device enroll)
     [telemetry]
     interval_s = 30
     [inference]
@@ -32,7 +33,8 @@ SCHEMA = {
     "profile": (str, True, None),
     "data_dir": (str, True, None),
     "trusted_root": (str, True, None),
-    "mqtt": {"host": (str, True, None), "port": (int, True, positive), "keepalive_s": (int, False, positive)},
+    "mqtt": {"host": (str, True, None), "port": (int, True, positive), "keepalive_s": (int, False, positive),
+             "identity": (str, False, None)},
     "telemetry": {"interval_s": ((int, float), False, positive)},
     "inference": {"threads": (int, False, non_negative)},
     "install": {"allow_expired": (bool, False, None), "health_runs": (int, False, positive)},
@@ -53,7 +55,13 @@ class AgentConfig:
     threads: int = 0
     allow_expired: bool = False
     health_runs: int = 20
+    tls_identity: Path | None = None      # folder with cert.pem/key.pem/ca.pem; None = plain MQTT
     path: Path | None = field(default=None, repr=False)
+
+    @property
+    def device_key(self) -> Path | None:
+        """The X25519 key that encrypted models are wrapped to (``enc.key`` in the identity folder)."""
+        return self.tls_identity / "enc.key" if self.tls_identity else None
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -76,16 +84,18 @@ def load_config(path: str | Path) -> AgentConfig:
         keepalive_s=mqtt.get("keepalive_s", 30), telemetry_interval_s=float(tel.get("interval_s", 30)),
         threads=inf.get("threads", 0), allow_expired=ins.get("allow_expired", False),
         health_runs=ins.get("health_runs", 20), path=path,
+        tls_identity=(base / mqtt["identity"]).resolve() if mqtt.get("identity") else None,
     )
 
 
 def render_config(*, device_id: str, fleet: str, profile: str, data_dir: str, trusted_root: str,
-                  host: str, port: int, telemetry_interval_s: float = 30, threads: int = 0) -> str:
+                  host: str, port: int, telemetry_interval_s: float = 30, threads: int = 0,
+                  identity: str | None = None) -> str:
     """The TOML text of a config (used by the host to provision devices)."""
     return (
         f'device_id = "{device_id}"\nfleet = "{fleet}"\nprofile = "{profile}"\n'
         f'data_dir = "{data_dir}"\ntrusted_root = "{trusted_root}"\n\n'
-        f'[mqtt]\nhost = "{host}"\nport = {port}\n\n'
+        f'[mqtt]\nhost = "{host}"\nport = {port}\n' + (f'identity = "{identity}"\n' if identity else "") + "\n"
         f'[telemetry]\ninterval_s = {telemetry_interval_s}\n\n'
         f'[inference]\nthreads = {threads}\n'
     )

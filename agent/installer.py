@@ -78,13 +78,16 @@ class InstallRecord:
 class Installer:
     def __init__(self, data_dir: Path, profile: Profile, trusted_root: Path, emit: Emit, *,
                  threads: int = 0, allow_expired: bool = False, health_runs: int = 20,
-                 on_commit: Callable[[Path, dict], None] | None = None) -> None:
+                 on_commit: Callable[[Path, dict], None] | None = None, device_id: str | None = None,
+                 device_key: Path | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.profile, self.trusted_root, self.emit = profile, trusted_root, emit
         self.threads, self.allow_expired, self.health_runs = threads, allow_expired, health_runs
         self.on_commit = on_commit
         self.slots = Slots(self.data_dir)
         self.state_path = self.data_dir / "state.json"
+        self.root_history = self.data_dir / "trust"  # newer roots followed after key rotations
+        self.device_id, self.device_key = device_id, device_key  # to decrypt encrypted models
         self.handlers: dict[str, Callable[[InstallRecord], None]] = {
             "downloading": self._download, "verifying": self._verify, "staging": self._stage,
             "health_check": self._health_check, "switching": self._switch, "rolling_back": self._roll_back,
@@ -181,7 +184,7 @@ class Installer:
         remove_tree(work)
         work.parent.mkdir(parents=True, exist_ok=True)
         try:
-            root = trust.load_root(self.trusted_root.read_bytes())
+            root = trust.load_trusted_root(self.trusted_root.read_bytes(), self.root_history)
         except FileNotFoundError:
             raise InstallError(f"trusted root {self.trusted_root} is missing; re-provision the device") from None
         try:
@@ -190,7 +193,8 @@ class Installer:
             raise BundleError(f"bundle file {rec.request.bundle_path} is missing") from None
         ensure_free_space(work.parent, size)
         vb = bundle.open_bundle(rec.request.bundle_path, root, work, reference_time=self._reference_time(),
-                                allow_expired=self.allow_expired)
+                                allow_expired=self.allow_expired, root_history=self.root_history,
+                                device_id=self.device_id, device_key=self.device_key)
         m = vb.manifest
         bundle.check_compatible(m, profile=self.profile.id, engines=available_engines())
         limit = self.profile.budgets["max_model_bytes"]

@@ -20,8 +20,8 @@ import numpy as np
 
 from edgekit.core import messages, tensors, topics
 from edgekit.core.atomic import atomic_write_json, read_json
-from edgekit.core.errors import EdgekitError, MessageError, ModelError
-from edgekit.core.mqtt import MqttConnection, Will, reply
+from edgekit.core.errors import EdgekitError, ModelError
+from edgekit.core.mqtt import MqttConnection, TlsFiles, Will, reply
 from edgekit.core.profiles import load_profile
 
 from . import __version__
@@ -48,7 +48,8 @@ class Agent:
         self._stop = threading.Event()
         self.installer = Installer(cfg.data_dir, self.profile, cfg.trusted_root, self._emit,
                                    threads=cfg.threads, allow_expired=cfg.allow_expired,
-                                   health_runs=cfg.health_runs, on_commit=self._load_model)
+                                   health_runs=cfg.health_runs, on_commit=self._load_model,
+                                   device_id=cfg.device_id, device_key=cfg.device_key)
         self.session = self._next_session()
 
     # -- model serving ---------------------------------------------------------------------
@@ -123,13 +124,17 @@ class Agent:
                 self._on_notice(payload)
             elif parsed.kind == "rpc" and parsed.rest == ("infer",):
                 self._pool.submit(self._on_infer, payload, props)
-        except MessageError as exc:
-            self._emit("rejected", False, {"topic": topic}, exc)
+        except EdgekitError as exc:  # malformed, or a notice refused by verify_notice: say why
+            self._emit("rejected", False, {"topic": topic}, exc,
+                       getattr(exc, "details", {}).get("deployment_id"))
 
     def _on_notice(self, payload: bytes) -> None:
-        notice = messages.loads(payload, messages.NOTICE)
-        if notice.get("expires_at") and notice["expires_at"] < time.time():
-            raise MessageError(f"deployment notice {notice['deployment_id']} expired")
+        from edgekit.core.notices import check_on_device
+
+        notice = check_on_device(messages.loads(payload, messages.NOTICE), self.cfg.trusted_root,
+                                 self.installer.root_history, device=self.cfg.device_id, fleet=self.cfg.fleet,
+                                 replay_path=self.cfg.data_dir / "notices.json",
+                                 now=self.installer._reference_time())  # clock with the persisted floor
         self._deployments.put(InstallRequest(
             deployment_id=notice["deployment_id"], url=notice["bundle_url"], sha256=notice["sha256"],
             length=notice["length"], model=notice["model"], version=notice["version"]))
@@ -168,7 +173,8 @@ class Agent:
     def start(self) -> None:
         self.load_current()
         cid = f"edgekit-agent-{self.cfg.device_id}"
-        self.conn = MqttConnection(cid, self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=self.cfg.keepalive_s,
+        tls = TlsFiles.from_dir(self.cfg.tls_identity) if self.cfg.tls_identity else None
+        self.conn = MqttConnection(cid, self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=self.cfg.keepalive_s, tls=tls,
                                    will=Will(topics.status(self.cfg.fleet, self.cfg.device_id),
                                              self._status(False, "connection lost")))
         self.conn.on_connected = self._announce

@@ -65,41 +65,53 @@ class Proc:
 
 
 def provision_device(home: Path, device: str, profile: str, broker_port: int, root: Path, *,
-                     fleet: str = "demo", telemetry_s: float = 2.0, threads: int = 0) -> Path:
-    """Write what a device gets at provisioning: its copy of the trust root and an agent config."""
+                     fleet: str = "demo", telemetry_s: float = 2.0, threads: int = 0, host: str = "127.0.0.1",
+                     identity: str | None = None) -> Path:
+    """Write what a device gets at provisioning: its copy of the trust root and an agent config
+    (``identity``: its TLS identity folder, relative to ``home``; see ``edgekit device enroll``)."""
     from agent.config import render_config
 
     home.mkdir(parents=True, exist_ok=True)
     (home / "root.json").write_bytes(root.read_bytes())
     cfg = home / "agent.toml"
     cfg.write_text(render_config(device_id=device, fleet=fleet, profile=profile, data_dir="data",
-                                 trusted_root="root.json", host="127.0.0.1", port=broker_port,
-                                 telemetry_interval_s=telemetry_s, threads=threads))
+                                 trusted_root="root.json", host=host, port=broker_port,
+                                 telemetry_interval_s=telemetry_s, threads=threads, identity=identity))
     return cfg
 
 
 def start_agent(workdir: Path, device: str, profile: str, broker: ManagedBroker, root: Path,
                 telemetry_s: float = 2.0) -> Proc:
     home = workdir / "devices" / device
+    if broker.tls:  # mTLS broker: enroll (certificate + key in the device folder), then let the ACL know
+        from .pki import enroll_device
+
+        cfg = enroll_device(broker.pki, device, profile, home, root, broker_port=broker.port,
+                            fleet=broker.pki.index["fleet"], telemetry_s=telemetry_s, force=True)
+        broker.reload()
+        return Proc(device, [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)], home / "agent.log")
     cfg = provision_device(home, device, profile, broker.port, root, telemetry_s=telemetry_s)
     return Proc(device, [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)], home / "agent.log")
 
 
 def start_registry(workdir: Path, broker: ManagedBroker) -> tuple[Proc, str]:
     port = free_port()
+    tls = ["--identity", str(broker.pki.directory / "services" / "edgekit-registry")] if broker.tls else []
     proc = Proc("registry", [sys.executable, "-m", "edgekit.cli.main", "registry", "serve",
                              "--db", f"sqlite:///{workdir}/registry.db", "--store", str(workdir / "artifacts"),
-                             "--port", str(port), "--broker", f"127.0.0.1:{broker.port}"], workdir / "registry.log")
+                             "--port", str(port), "--broker", f"127.0.0.1:{broker.port}", *tls],
+                workdir / "registry.log")
     return proc, proc.ready()["url"]
 
 
-def run_demo(workdir: Path | None = None, log: Callable[[str], None] = print) -> list[dict]:
+def run_demo(workdir: Path | None = None, log: Callable[[str], None] = print, *, secure: bool = True) -> list[dict]:
     from converters.data import load_dataset
     from converters.onnx_pipeline import convert_onnx
     from edgekit.core.mqtt import MqttConnection
     from edgekit.core.profiles import load_profile
     from edgekit.deploy import DeviceWatcher, check_outcome, infer_remote, make_notice, push, read_manifest, upload
     from edgekit.keys import init_keystore
+    from edgekit.pki import HOST, init_pki
     from edgekit.release import release_artifact
 
     t_start = time.perf_counter()
@@ -107,8 +119,9 @@ def run_demo(workdir: Path | None = None, log: Callable[[str], None] = print) ->
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgekit-demo-")))
         workdir.mkdir(parents=True, exist_ok=True)
-        log(f"[1/7] starting mosquitto (loopback) in {workdir}")
-        broker = stack.enter_context(ManagedBroker(workdir / "broker"))
+        pki = init_pki(workdir / "pki", fleet="demo") if secure else None
+        log(f"[1/7] starting mosquitto (loopback, {'mTLS + per-device ACL' if secure else 'PLAIN, no auth'}) in {workdir}")
+        broker = stack.enter_context(ManagedBroker(workdir / "broker", pki=pki))
         log(f"[2/7] starting the registry; broker on 127.0.0.1:{broker.port}")
         registry, url = start_registry(workdir, broker)
         stack.callback(registry.stop)
@@ -133,13 +146,15 @@ def run_demo(workdir: Path | None = None, log: Callable[[str], None] = print) ->
         stored = {p: upload(b, url) for p, b in bundles.items()}
 
         log("[6/7] deploying over MQTT and waiting for each device to commit")
-        conn = MqttConnection(f"edgekit-demo-{uuid.uuid4().hex[:6]}", "127.0.0.1", broker.port)
+        conn = MqttConnection(f"edgekit-demo-{uuid.uuid4().hex[:6]}", "127.0.0.1", broker.port,
+                              tls=pki.service(HOST) if pki else None)
         conn.connect()
         stack.callback(conn.close)
         watcher = DeviceWatcher(conn, "demo", [d for d, _ in DEMO_DEVICES])
         pending = {}
         for device, profile in DEMO_DEVICES:
-            notice = make_notice(read_manifest(bundles[profile]), stored[profile])
+            notice = make_notice(read_manifest(bundles[profile]), stored[profile], device=device, fleet="demo",
+                                 signer=store.notice_signer())
             push(conn, "demo", device, notice)
             pending[device] = notice["deployment_id"]
         for device, ev in watcher.wait_terminal(pending, timeout=60).items():

@@ -16,7 +16,7 @@ import numpy as np
 import requests
 
 from .core import bundle, messages, tensors, topics
-from .core.errors import EdgekitError, InstallError, MessageError, TimeoutError_, TransportError
+from .core.errors import EdgekitError, InstallError, MessageError, TimeoutError_, TransportError, UsageError
 from .core.mqtt import MqttConnection
 
 TERMINAL_OK = ("committed", "already_installed")
@@ -55,12 +55,21 @@ def read_manifest(bundle_path: Path) -> dict:
         raise EdgekitError(f"{bundle_path} is not a readable bundle: {exc}") from None
 
 
-def make_notice(manifest: dict, stored: dict, ttl_s: float = 3600) -> dict:
+def make_notice(manifest: dict, stored: dict, ttl_s: float = 3600, *, device: str | None = None,
+                fleet: str = "default", signer=None) -> dict:
+    """A deployment notice; with ``signer`` (``KeyStore.notice_signer()``) and ``device`` it is
+    signed for that one device and fleet, single-use (nonce) and expires after ``ttl_s``.
+    Agents refuse unsigned notices (see :mod:`edgekit.core.notices`)."""
     now = time.time()
-    return messages.build(messages.NOTICE, deployment_id=uuid.uuid4().hex[:12], model=manifest["model"]["name"],
-                          version=manifest["model"]["version"], profile=manifest["profile"],
-                          bundle_url=stored["url"], sha256=stored["sha256"], length=stored["length"],
-                          issued_at=now, expires_at=now + ttl_s)
+    notice = messages.build(messages.NOTICE, deployment_id=uuid.uuid4().hex[:12], model=manifest["model"]["name"],
+                            version=manifest["model"]["version"], profile=manifest["profile"],
+                            bundle_url=stored["url"], sha256=stored["sha256"], length=stored["length"],
+                            issued_at=now, expires_at=now + ttl_s)
+    if signer is None:
+        return notice
+    if device is None:
+        raise UsageError("a signed notice names its device: pass device=")
+    return signer.sign(notice, device=device, fleet=fleet)
 
 
 class DeviceWatcher:

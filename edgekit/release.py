@@ -48,7 +48,10 @@ def build_manifest(report: dict, *, name: str, version: str, release: int) -> di
 
 
 def release_artifact(artifact_dir: Path, store: KeyStore, out_dir: Path, *, name: str, version: str,
-                     release: int | None = None, expiry_days: float = 180) -> Path:
+                     release: int | None = None, expiry_days: float = 180,
+                     encrypt_to: dict[str, bytes] | None = None) -> Path:
+    """Sign a bundle; with ``encrypt_to`` (device id → X25519 public key, see ``Pki.device_x25519``)
+    the artifact is encrypted (:mod:`edgekit.core.sealed`) and only those devices can install it."""
     artifact_dir = Path(artifact_dir)
     try:
         report = json.loads((artifact_dir / "report.json").read_text())
@@ -56,13 +59,22 @@ def release_artifact(artifact_dir: Path, store: KeyStore, out_dir: Path, *, name
         raise UsageError(f"{artifact_dir} holds no report.json", hint="Run `edgekit convert` first and pass "
                          "one of the per-profile folders it wrote (e.g. out/raspberry-pi-4).") from None
     manifest = build_manifest(report, name=name, version=version, release=next_release(store, name, release))
-    members = {
-        bundle.MANIFEST_MEMBER: json.dumps(manifest, indent=1, sort_keys=True).encode(),
-        manifest["artifact"]: (artifact_dir / manifest["artifact"]).read_bytes(),
-        bundle.GOLDEN_MEMBER: (artifact_dir / "golden.npz").read_bytes(),
-    }
+    artifact = (artifact_dir / manifest["artifact"]).read_bytes()
+    members = {bundle.GOLDEN_MEMBER: (artifact_dir / "golden.npz").read_bytes()}
+    if encrypt_to is not None:
+        from .core import sealed
+
+        member = manifest["artifact"] + sealed.SUFFIX
+        members[member], keys_doc = sealed.seal(artifact, member, encrypt_to)
+        members[sealed.KEYS_MEMBER] = json.dumps(keys_doc, indent=1, sort_keys=True).encode()
+        manifest["encryption"] = {"scheme": sealed.SCHEME, "member": member, "keys": sealed.KEYS_MEMBER,
+                                  "recipients": sorted(encrypt_to)}
+    else:
+        members[manifest["artifact"]] = artifact
+    members[bundle.MANIFEST_MEMBER] = json.dumps(manifest, indent=1, sort_keys=True).encode()
     md = trust.build_targets(members, version=manifest["model"]["release"], expires=trust.utc_in(expiry_days),
                              custom={bundle.MANIFEST_MEMBER: bundle.signed_custom(manifest)})
     trust.sign(md, store.signers("targets"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    return bundle.write_bundle(out_dir / bundle.bundle_file_name(manifest), manifest, members, md.to_bytes())
+    return bundle.write_bundle(out_dir / bundle.bundle_file_name(manifest), manifest, members, md.to_bytes(),
+                               roots=store.root_chain())

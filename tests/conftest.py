@@ -30,6 +30,37 @@ def broker(tmp_path):
         yield b
 
 
+@pytest.fixture
+def pki(tmp_path):
+    """A fresh fleet CA ("demo" fleet) with the broker/registry/host identities."""
+    from edgekit.pki import init_pki
+
+    return init_pki(tmp_path / "pki", fleet="demo")
+
+
+@pytest.fixture
+def secure_broker(tmp_path, pki):
+    """mosquitto with only an mTLS listener, the PKI's CRL and the generated per-device ACL.
+    ``agent_factory`` enrolls devices on it automatically when used with ``secure_agent_factory``."""
+    with ManagedBroker(tmp_path / "secure-broker", pki=pki) as b:
+        yield b
+
+
+@pytest.fixture
+def secure_agent_factory(tmp_path, secure_broker, keystore):
+    started: list[Proc] = []
+
+    def start(device="dev-1", profile="raspberry-pi-4", telemetry_s=1.0) -> Proc:
+        proc = start_agent(tmp_path, device, profile, secure_broker, keystore.root_path, telemetry_s)
+        started.append(proc)
+        proc.ready()
+        return proc
+
+    yield start
+    for p in started:
+        p.stop()
+
+
 @pytest.fixture(scope="session")
 def keystore(tmp_path_factory):
     from edgekit.keys import init_keystore

@@ -101,10 +101,11 @@ def test_keys_init_twice_refuses(run, tmp_path):
     assert res.exit_code == 2 and "already exists" in res.output
 
 
-def test_push_with_registry_down_exits_transport_error(make_bundle):
+def test_push_with_registry_down_exits_transport_error(make_bundle, keystore):
     registry_down_url = "http://127.0.0.1:9"
     b = make_bundle(version="1.0.0")
     res = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "push", str(b), "-d", "dev-1",
+                          "--keys", str(keystore.directory),
                           "--broker", "127.0.0.1:9", "--registry", registry_down_url], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 6
@@ -126,10 +127,19 @@ def test_demo_runs_end_to_end_and_exits_zero():
     assert all(r["ok"] and r["model"] == "digits-cnn@1.0.0" and r["registry"].startswith("online") for r in rows)
 
 
-def test_push_with_broker_down_after_upload_exits_transport_error(make_bundle, registry):
+def test_push_with_broker_down_after_upload_exits_transport_error(make_bundle, registry, keystore):
     b = make_bundle(version="1.0.0")
     res = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "push", str(b), "-d", "dev-1",
+                          "--keys", str(keystore.directory),
                           "--broker", "127.0.0.1:9", "--registry", registry.url], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 6
     assert "cannot reach MQTT broker at 127.0.0.1:9" in res.stderr
+
+
+def test_push_without_a_key_store_says_how_to_sign(make_bundle, tmp_path):
+    b = make_bundle(version="1.0.0")
+    res = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "push", str(b), "-d", "dev-1",
+                          "--keys", str(tmp_path / "nokeys"), "--registry", "http://127.0.0.1:9"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 3 and "edgekit keys init" in res.stderr

@@ -33,6 +33,13 @@ TREE = {
     e.InstallError: (e.EdgekitError, 7),
     e.StorageError: (e.EdgekitError, 8),
     e.MessageError: (e.EdgekitError, 9),
+    e.PkiError: (e.ConfigError, 3),
+    e.NoticeError: (e.MessageError, 9),
+    e.NoticeSignatureError: (e.NoticeError, 9),
+    e.NoticeExpiredError: (e.NoticeError, 9),
+    e.NoticeReplayError: (e.NoticeError, 9),
+    e.NoticeTargetError: (e.NoticeError, 9),
+    e.EncryptionError: (e.BundleError, 5),
 }
 
 

@@ -48,9 +48,10 @@ def test_init_keystore_layout(store):
     assert (d / "root.json").is_file() and (d / "keystore.json").is_file()
     index = json.loads((d / "keystore.json").read_text())
     assert index["schema"] == keys.KEYSTORE_SCHEMA
-    assert set(index["roles"]) == set(ROLES)
+    assert set(index["roles"]) == set(ROLES) | {"notices"}
     pems = sorted(p.name for p in (d / "private").iterdir())
-    assert pems == sorted(f"{r}-1.pem" for r in ROLES)
+    assert pems == sorted(f"{r}-1.pem" for r in ROLES + ("notices",))
+    assert (d / "roots" / "1.root.json").read_bytes() == store.root_bytes()
     assert mode(d / "private") == 0o700
     for pem in (d / "private").iterdir():
         assert mode(pem) == 0o600

@@ -25,15 +25,16 @@ FLEET = "demo"
 class Operator:
     """What a fleet manager's tools do: upload, notify, follow events, ask for inference."""
 
-    def __init__(self, broker, registry, devices):
+    def __init__(self, broker, registry, devices, keystore=None):
         self.registry = registry
+        self.signer = keystore.notice_signer() if keystore else None
         self.conn = MqttConnection(f"test-op-{uuid.uuid4().hex[:6]}", "127.0.0.1", broker.port)
         self.conn.connect()
         self.watcher = DeviceWatcher(self.conn, FLEET, devices)
 
     def deploy(self, bundle, device="dev-1", manifest=None, timeout=30):
         stored = upload(bundle, self.registry.url)
-        notice = make_notice(manifest or read_manifest(bundle), stored)
+        notice = make_notice(manifest or read_manifest(bundle), stored, device=device, fleet=FLEET, signer=self.signer)
         push(self.conn, FLEET, device, notice)
         return self.watcher.wait_terminal({device: notice["deployment_id"]}, timeout)[device]
 
@@ -46,8 +47,8 @@ class Operator:
 
 
 @pytest.fixture
-def operator(broker, registry):
-    op = Operator(broker, registry, ["dev-1", "dev-2"])
+def operator(broker, registry, keystore):
+    op = Operator(broker, registry, ["dev-1", "dev-2"], keystore)
     yield op
     op.conn.close()
 
@@ -131,7 +132,8 @@ def test_download_hash_mismatch_is_refused(operator, agent_factory, make_bundle)
     agent_factory("dev-1", "raspberry-pi-4")
     b = make_bundle(version="1.0.0")
     stored = upload(b, operator.registry.url)
-    notice = make_notice(read_manifest(b), {**stored, "sha256": "0" * 64})
+    notice = make_notice(read_manifest(b), {**stored, "sha256": "0" * 64}, device="dev-1", fleet=FLEET,
+                         signer=operator.signer)
     push(operator.conn, FLEET, "dev-1", notice)
     ev = operator.watcher.wait_terminal({"dev-1": notice["deployment_id"]}, 30)["dev-1"]
     assert ev["state"] == "failed" and ev["error"]["code"] == "integrity"

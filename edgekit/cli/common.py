@@ -20,6 +20,21 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 keys_option = click.option("--keys", "keys_dir", envvar="EDGEKIT_KEYS", default="keys", show_default=True,
                            type=click.Path(file_okay=False), help="Key store directory (env EDGEKIT_KEYS).")
 
+identity_option = click.option("--identity", envvar="EDGEKIT_IDENTITY", default=None,
+                               type=click.Path(file_okay=False, exists=True),
+                               help="TLS identity folder (cert.pem, key.pem, ca.pem) for an mTLS broker, e.g. "
+                                    "PKI/services/edgekit-host (env EDGEKIT_IDENTITY). Omit for a plain broker.")
+
+pki_option = click.option("--pki", "pki_dir", envvar="EDGEKIT_PKI", default="pki", show_default=True,
+                          type=click.Path(file_okay=False), help="Fleet PKI directory (env EDGEKIT_PKI).")
+
+
+def tls_files(identity: str | None):
+    """The MqttConnection ``tls`` argument for an ``--identity`` folder (None: plain MQTT)."""
+    from edgekit.core.mqtt import TlsFiles
+
+    return TlsFiles.from_dir(identity) if identity else None
+
 
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))

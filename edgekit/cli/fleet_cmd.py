@@ -8,15 +8,16 @@ from pathlib import Path
 
 import click
 
-from .common import (broker_option, emit_json, fleet_option, json_option, registry_option, run_guarded, table)
+from .common import (broker_option, emit_json, fleet_option, identity_option, json_option, keys_option,
+                     registry_option, run_guarded, table, tls_files)
 
 
-def _connect(broker: str, prefix: str):
+def _connect(broker: str, prefix: str, identity: str | None = None):
     from edgekit.core.mqtt import MqttConnection
     from edgekit.deploy import parse_broker
 
     host, port = parse_broker(broker)
-    conn = MqttConnection(f"{prefix}-{uuid.uuid4().hex[:8]}", host, port)
+    conn = MqttConnection(f"{prefix}-{uuid.uuid4().hex[:8]}", host, port, tls=tls_files(identity))
     conn.connect()
     return conn
 
@@ -25,25 +26,37 @@ def _connect(broker: str, prefix: str):
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--device", "-d", "devices", multiple=True, required=True, help="Target device id (repeatable).")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for each device's final answer.")
+@click.option("--ttl", default=3600.0, show_default=True, help="Seconds the signed notice stays valid.")
 @fleet_option
 @broker_option
 @registry_option
+@keys_option
+@identity_option
 @json_option
-def push(bundle: Path, devices: tuple[str, ...], timeout: float, fleet: str, broker: str, registry: str,
-         as_json: bool) -> None:
-    """Upload BUNDLE to the registry, send a deployment notice to each --device over MQTT, and
-    wait until every device has committed or refused it. Exit 0 only if all committed."""
+def push(bundle: Path, devices: tuple[str, ...], timeout: float, ttl: float, fleet: str, broker: str, registry: str,
+         keys_dir: str, identity: str | None, as_json: bool) -> None:
+    """Upload BUNDLE to the registry, send a signed deployment notice to each --device over MQTT,
+    and wait until every device has committed or refused it. Exit 0 only if all committed.
+
+    \b
+    Each notice is signed with the key store's notices key, names its device, expires after
+    --ttl and is single-use. Example (mTLS broker):
+      edgekit push bundles/digits-1.0.0-raspberry-pi-4.bundle -d pi-01 \\
+          --keys keys --identity pki/services/edgekit-host --broker 127.0.0.1:8883
+    """
     def body():
         from edgekit.deploy import DeviceWatcher, check_outcome, make_notice, push as send, read_manifest, upload
+        from edgekit.keys import load_keystore
 
         manifest = read_manifest(bundle)
+        signer = load_keystore(keys_dir).notice_signer()
         stored = upload(bundle, registry)
-        conn = _connect(broker, "edgekit-push")
+        conn = _connect(broker, "edgekit-push", identity)
         try:
             watcher = DeviceWatcher(conn, fleet, list(devices))
             pending = {}
             for d in devices:
-                notice = make_notice(manifest, stored)
+                notice = make_notice(manifest, stored, ttl, device=d, fleet=fleet, signer=signer)
                 send(conn, fleet, d, notice)
                 pending[d] = notice["deployment_id"]
             show = (lambda d, e: None) if as_json else \
@@ -68,8 +81,10 @@ def push(bundle: Path, devices: tuple[str, ...], timeout: float, fleet: str, bro
 @click.option("--timeout", default=10.0, show_default=True)
 @fleet_option
 @broker_option
+@identity_option
 @json_option
-def infer(device: str, input_file: Path, row: int, timeout: float, fleet: str, broker: str, as_json: bool) -> None:
+def infer(device: str, input_file: Path, row: int, timeout: float, fleet: str, broker: str, identity: str | None,
+          as_json: bool) -> None:
     """Run one inference on DEVICE over MQTT (request/response) and print the outputs."""
     def body():
         import numpy as np
@@ -78,7 +93,7 @@ def infer(device: str, input_file: Path, row: int, timeout: float, fleet: str, b
 
         with np.load(input_file, allow_pickle=False) as data:
             inputs = {k: data[k][row:row + 1] for k in data.files if k != "label"}
-        conn = _connect(broker, "edgekit-infer")
+        conn = _connect(broker, "edgekit-infer", identity)
         try:
             t0 = time.perf_counter()
             outputs, resp = infer_remote(conn, fleet, device, inputs, timeout)
@@ -99,10 +114,13 @@ def fleet() -> None:
 
 @fleet.command("ls")
 @click.option("--fleet", "fleet_id", default=None, help="Only this fleet.")
+@click.option("--pki", "pki_dir", envvar="EDGEKIT_PKI", default=None, type=click.Path(file_okay=False),
+              help="Fleet PKI directory: adds certificate expiry and warns before certificates expire.")
 @registry_option
 @json_option
-def fleet_ls(fleet_id: str | None, registry: str, as_json: bool) -> None:
-    """List devices: online state, profile, model version, last seen, latency."""
+def fleet_ls(fleet_id: str | None, pki_dir: str | None, registry: str, as_json: bool) -> None:
+    """List devices: online state, profile, model version, last seen, latency (and certificate
+    expiry with --pki)."""
     def body():
         import requests
 
@@ -115,6 +133,14 @@ def fleet_ls(fleet_id: str | None, registry: str, as_json: bool) -> None:
         except requests.RequestException as exc:
             raise TransportError(f"cannot reach the registry at {registry}: {exc}") from None
         devices = r.json()["devices"]
+        certs = {}
+        if pki_dir:
+            from edgekit.pki import load_pki
+
+            certs = {c["device"]: c for c in load_pki(pki_dir).devices()}
+            for d in devices:
+                c = certs.get(d["id"], {})
+                d["cert"] = {k: c.get(k) for k in ("state", "not_after", "days_left", "warning")} if c else None
         if as_json:
             return emit_json(devices)
         now = time.time()
@@ -123,7 +149,16 @@ def fleet_ls(fleet_id: str | None, registry: str, as_json: bool) -> None:
                  "seen": f"{now - d['last_seen']:.0f}s ago" if d["last_seen"] else None,
                  "p95_ms": (d.get("inference") or {}).get("p95_ms"),
                  "count": (d.get("inference") or {}).get("count")} for d in devices]
-        click.echo(table(rows, ["id", "fleet", "state", "profile", "model", "seen", "count", "p95_ms"]))
+        cols = ["id", "fleet", "state", "profile", "model", "seen", "count", "p95_ms"]
+        if pki_dir:
+            for row in rows:
+                c = row.get("cert") or {}
+                row["cert_days"] = c.get("days_left") if c.get("state") != "revoked" else "revoked"
+            cols.append("cert_days")
+        click.echo(table(rows, cols))
+        for row in rows:
+            if (row.get("cert") or {}).get("warning"):
+                click.secho(f"warning: {row['id']}: {row['cert']['warning']}", fg="yellow", err=True)
     run_guarded(body, as_json)
 
 
@@ -139,7 +174,8 @@ def registry_group() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True)
 @broker_option
-def serve(db_url: str, store: Path, host: str, port: int, broker: str) -> None:
+@identity_option
+def serve(db_url: str, store: Path, host: str, port: int, broker: str, identity: str | None) -> None:
     """Ingest device reports from MQTT into the database and serve the HTTP API + bundles."""
     def body():
         import json
@@ -148,7 +184,7 @@ def serve(db_url: str, store: Path, host: str, port: int, broker: str) -> None:
         from edgekit.registry.service import Registry
 
         bhost, bport = parse_broker(broker)
-        Registry(db_url, store, bhost, bport, host, port).serve_forever(
+        Registry(db_url, store, bhost, bport, host, port, tls=tls_files(identity)).serve_forever(
             lambda url: click.echo(json.dumps({"registry": "ready", "url": url}), nl=True))
     run_guarded(body)
 

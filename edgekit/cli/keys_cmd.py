@@ -52,12 +52,45 @@ def show_cmd(keys_dir: str, as_json: bool) -> None:
         info = {"version": root.version, "expires": root.expires.isoformat(),
                 "roles": {name: {"keyids": role.keyids, "threshold": role.threshold}
                           for name, role in root.roles.items()}}
+        notices = root.unrecognized_fields.get(trust.NOTICES_FIELD)
+        if isinstance(notices, dict):  # the online key that signs deployment notices (ADR 0006)
+            info["roles"]["notices"] = {"keyids": sorted(notices.get("keys", {})),
+                                        "threshold": notices.get("threshold", 1)}
         if as_json:
             return emit_json(info)
         click.echo(f"root v{info['version']}, expires {info['expires']}")
         for name, r in info["roles"].items():
             click.echo(f"  {name:10} threshold {r['threshold']} of {len(r['keyids'])}: "
                        + ", ".join(k[:12] for k in r["keyids"]))
+    run_guarded(body, as_json)
+
+
+@keys.command("rotate")
+@click.option("--role", required=True, type=click.Choice(["root", "targets", "notices"]),
+              help="Role whose keys are replaced (the old keys are revoked).")
+@click.option("--expires-days", default=365, show_default=True, help="Lifetime of the new root version.")
+@keys_option
+@json_option
+def rotate_cmd(role: str, expires_days: int, keys_dir: str, as_json: bool) -> None:
+    """Replace a role's keys: writes root version N+1 signed by the current root keys (and the new
+    ones for --role root). Devices follow N -> N+1 when a bundle or notice carries it (edgekit
+    adds the chain automatically) and from then on refuse anything signed by the revoked keys.
+
+    \b
+    Revoke a compromised release key, then re-release what devices should still accept:
+      edgekit keys rotate --role targets
+    Root rotation with 2-of-3 offline root keys: put two of the three private/root-N.pem files
+    in place for the ceremony, run `edgekit keys rotate --role root`, take them offline again.
+    """
+    def body():
+        from edgekit.keys import load_keystore, rotate
+
+        info = rotate(load_keystore(keys_dir), role, expiry_days=expires_days)
+        if as_json:
+            return emit_json(info)
+        click.echo(f"rotated {role}: root is now v{info['version']}; revoked key ids: "
+                   + (", ".join(k[:12] for k in info["revoked_keyids"]) or "(notices key replaced)"))
+        click.echo("  new releases and notices carry the new root; re-release models devices should keep accepting")
     run_guarded(body, as_json)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import emit_json, json_option, keys_option, registry_option, run_guarded, table
+from .common import emit_json, json_option, keys_option, pki_option, registry_option, run_guarded, table
 
 
 @click.command("convert")
@@ -71,22 +71,45 @@ def convert(model: Path, profile_ids: tuple[str, ...], calibration: Path, valida
 @click.option("--expires-days", default=180, show_default=True, help="Lifetime of the signed release metadata.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bundles"), show_default=True)
 @click.option("--upload", is_flag=True, help="Also upload the bundles to the registry.")
+@click.option("--encrypt-for", "encrypt_for", multiple=True, metavar="DEVICE_ID",
+              help="Encrypt the model so only these enrolled devices can install it (repeatable).")
+@click.option("--encrypt-fleet", is_flag=True, help="Encrypt the model for every device enrolled in --pki now.")
 @keys_option
+@pki_option
 @registry_option
 @json_option
 def release(artifact_dirs: tuple[Path, ...], name: str, version: str, release_number: int | None, expires_days: int,
-            out: Path, upload: bool, keys_dir: str, registry: str, as_json: bool) -> None:
-    """Sign converted ARTIFACT_DIRS (from `edgekit convert`) into one .bundle file each."""
+            out: Path, upload: bool, encrypt_for: tuple[str, ...], encrypt_fleet: bool, keys_dir: str, pki_dir: str,
+            registry: str, as_json: bool) -> None:
+    """Sign converted ARTIFACT_DIRS (from `edgekit convert`) into one .bundle file each.
+
+    \b
+    Encrypted models (AES-256-GCM, data key wrapped to each device's X25519 key from enrollment):
+      edgekit release out/raspberry-pi-4 --name digits --version 1.0.0 --encrypt-for pi-01 --encrypt-for pi-02
+      edgekit release out/raspberry-pi-4 --name digits --version 1.0.0 --encrypt-fleet --pki pki
+    A stolen bundle then does not reveal the model; devices not listed refuse it with a clear error.
+    """
     def body():
         from edgekit.deploy import upload as do_upload
         from edgekit.keys import load_keystore
         from edgekit.release import release_artifact
 
+        recipients = None
+        if encrypt_for or encrypt_fleet:
+            from edgekit.core.errors import UsageError
+            from edgekit.pki import load_pki
+
+            pki = load_pki(pki_dir)
+            devices = sorted(pki.active_devices()) if encrypt_fleet else list(encrypt_for)
+            if not devices:
+                raise UsageError(f"no enrolled devices in {pki_dir} to encrypt for",
+                                 hint="Enroll devices first: `edgekit device enroll DEVICE_ID --profile P`.")
+            recipients = {d: pki.device_x25519(d) for d in devices}
         store = load_keystore(keys_dir)
         results = []
         for d in artifact_dirs:
             path = release_artifact(d, store, out, name=name, version=version, release=release_number,
-                                    expiry_days=expires_days)
+                                    expiry_days=expires_days, encrypt_to=recipients)
             entry = {"bundle": str(path), "bytes": path.stat().st_size}
             if upload:
                 entry.update(do_upload(path, registry))

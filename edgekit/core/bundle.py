@@ -8,6 +8,9 @@ Format (ADR 0001): an uncompressed POSIX tar whose members are, in this order::
                             precision, I/O signature, golden-vector tolerances, budgets
     model.onnx|model.tflite the artifact
     golden.npz              golden test vectors: ``in:<name>`` inputs and ``out:<name>`` outputs
+    metadata/roots/N.root.json   (optional, after a key rotation) root versions 2..N: the device
+                            follows them one version at a time (each signed by the previous root's
+                            threshold) before it checks the targets signature
 
 Reading is defensive: only regular files with flat names, sizes capped, signature checked
 *before* any member is trusted, every member verified against its signed hash, members not
@@ -33,6 +36,8 @@ GOLDEN_MEMBER = "golden.npz"
 MANIFEST_SCHEMA = "edgekit.manifest/1"
 ARTIFACT_NAMES = ("model.onnx", "model.tflite")
 MAX_METADATA_BYTES = 1 << 20
+ROOTS_PREFIX = "metadata/roots/"
+MAX_ROOTS = 64
 
 _TENSOR = {"name": (str, True, None), "dtype": (str, True, None), "shape": (list, True, None)}
 MANIFEST_FIELDS: dict[str, Any] = {
@@ -73,13 +78,25 @@ def signed_custom(manifest: dict) -> dict:
             "release": manifest["model"]["release"], "profile": manifest["profile"]}
 
 
-def write_bundle(path: str | Path, manifest: dict, members: dict[str, bytes], signed_targets: bytes) -> Path:
-    """Write the tar atomically. ``members`` excludes metadata; ``signed_targets`` covers them."""
+def _is_root_member(name: str) -> bool:
+    num = name[len(ROOTS_PREFIX):-len(".root.json")] if name.startswith(ROOTS_PREFIX) and \
+        name.endswith(".root.json") else ""
+    return num.isdigit()
+
+
+def write_bundle(path: str | Path, manifest: dict, members: dict[str, bytes], signed_targets: bytes,
+                 roots: list[bytes] = ()) -> Path:
+    """Write the tar atomically. ``members`` excludes metadata; ``signed_targets`` covers them;
+    ``roots`` are newer root versions for devices to follow (self-verifying, not in targets)."""
+    import json as _json
+
     from .atomic import atomic_writer
 
     validate_manifest(manifest)
     path = Path(path)
-    ordered = [(METADATA_MEMBER, signed_targets)] + sorted(members.items(), key=lambda kv: kv[0] != MANIFEST_MEMBER)
+    root_members = [(f"{ROOTS_PREFIX}{_json.loads(r)['signed']['version']}.root.json", r) for r in roots]
+    ordered = root_members + [(METADATA_MEMBER, signed_targets)] + \
+        sorted(members.items(), key=lambda kv: kv[0] != MANIFEST_MEMBER)
     with atomic_writer(path) as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in ordered:
             info = tarfile.TarInfo(name)
@@ -113,7 +130,7 @@ def _safe_members(tar: tarfile.TarFile, max_bytes: int) -> dict[str, tarfile.Tar
         name = info.name
         if not info.isreg():
             raise IntegrityError(f"bundle member {name!r} is not a regular file")
-        if name != METADATA_MEMBER and ("/" in name or name.startswith(".") or "\\" in name):
+        if name != METADATA_MEMBER and not _is_root_member(name) and ("/" in name or name.startswith(".") or "\\" in name):
             raise IntegrityError(f"bundle member name {name!r} is not allowed")
         if name in members:
             raise IntegrityError(f"bundle member {name!r} appears twice")
@@ -125,10 +142,15 @@ def _safe_members(tar: tarfile.TarFile, max_bytes: int) -> dict[str, tarfile.Tar
 
 
 def open_bundle(path: str | Path, root, dest: str | Path, *, reference_time: float | None = None,
-                allow_expired: bool = False, max_bytes: int = 2 << 30) -> VerifiedBundle:
+                allow_expired: bool = False, max_bytes: int = 2 << 30,
+                root_history: Path | None = None, device_id: str | None = None,
+                device_key: Path | None = None) -> VerifiedBundle:
     """Verify ``path`` against the provisioned ``root`` metadata and extract it into ``dest``.
 
-    ``dest`` must not exist yet; on any failure it is removed again.
+    Newer roots the bundle carries are followed first (and persisted to ``root_history``, see
+    :func:`edgekit.core.trust.update_root`). ``dest`` must not exist yet; on any failure it is
+    removed again. An encrypted artifact (manifest ``encryption``) is decrypted with
+    ``device_key`` (this device's X25519 key) after every signature and hash has been checked.
     """
     from . import trust
     from .atomic import remove_tree
@@ -149,6 +171,11 @@ def open_bundle(path: str | Path, root, dest: str | Path, *, reference_time: flo
             meta = members.pop(METADATA_MEMBER, None)
             if meta is None or meta.size > MAX_METADATA_BYTES:
                 raise IntegrityError(f"bundle has no signed metadata ({METADATA_MEMBER})")
+            carried = [members.pop(n) for n in [n for n in members if _is_root_member(n)]]
+            if len(carried) > MAX_ROOTS or any(i.size > MAX_METADATA_BYTES for i in carried):
+                raise IntegrityError("bundle carries too many or too large root documents")
+            if carried:
+                root = trust.update_root(root, [tar.extractfile(i).read() for i in carried], root_history)
             md = trust.verify_targets(root, tar.extractfile(meta).read(), reference_time=reference_time,
                                       allow_expired=allow_expired)
             signed = set(md.signed.targets)
@@ -177,16 +204,38 @@ def open_bundle(path: str | Path, root, dest: str | Path, *, reference_time: flo
         manifest = validate_manifest(json.loads((dest / MANIFEST_MEMBER).read_bytes()))
         if trust.custom(md, MANIFEST_MEMBER) != signed_custom(manifest):
             raise IntegrityError("manifest does not match the signed release fields")
-        for name in (manifest["artifact"], manifest["golden"]["file"]):
+        enc = manifest.get("encryption")
+        needed = (enc["member"], enc["keys"]) if isinstance(enc, dict) and {"member", "keys"} <= enc.keys() \
+            else (manifest["artifact"],)
+        for name in (*needed, manifest["golden"]["file"]):
             if name not in members:
                 raise IntegrityError(f"manifest names {name!r} but the bundle does not hold it")
+        if enc is not None:
+            _unseal(dest, manifest, device_id, device_key)
     except BundleError:
         remove_tree(dest)
         raise
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, TypeError) as exc:
         remove_tree(dest)
         raise BundleError(f"bundle has no readable manifest.json: {exc}") from None
     return VerifiedBundle(dest, manifest, md.signed.version, md.signed.expires.isoformat())
+
+
+def _unseal(dest: Path, manifest: dict, device_id: str | None, device_key: Path | None) -> None:
+    from . import sealed
+
+    enc = manifest["encryption"]
+    if enc.get("scheme") != sealed.SCHEME:
+        raise CompatibilityError(f"bundle uses encryption scheme {enc.get('scheme')!r}; this agent knows "
+                                 f"{sealed.SCHEME!r}")
+    if device_id is None or device_key is None:
+        from .errors import EncryptionError
+
+        raise EncryptionError("the model in this bundle is encrypted and this agent has no device key",
+                              hint="Provision the device with `edgekit device enroll` (its folder holds enc.key).")
+    sealed.unseal_file(dest / enc["member"], sealed.read_keys(dest / enc["keys"]), dest / manifest["artifact"],
+                       device_id, sealed.load_device_key(device_key))
+    (dest / enc["member"]).unlink()
 
 
 def check_compatible(manifest: dict, *, profile: str, engines: tuple[str, ...]) -> None:

@@ -14,7 +14,8 @@ Tree::
     EdgekitError                      exit 1   generic failure
     ├── UsageError                    exit 2   bad arguments / missing files given by the user
     ├── ConfigError                   exit 3   malformed config, profile or key store
-    │   └── ProfileError                       a hardware profile is unknown or invalid
+    │   ├── ProfileError                       a hardware profile is unknown or invalid
+    │   └── PkiError                           fleet CA / device certificate problem
     ├── ModelError                    exit 4   model cannot be loaded / converted / is unsupported
     │   ├── UnsupportedOpError                 an op the target runtime lacks (names node + op)
     │   └── ParityError                        an artifact does not answer like its reference
@@ -23,12 +24,15 @@ Tree::
     │   │   ├── ExpiredError                   signed metadata past its expiry
     │   │   └── RollbackError                  release older than what is installed
     │   ├── IntegrityError                     hash or length mismatch (tampered / truncated)
+    │   ├── EncryptionError                    encrypted model not wrapped for this device
     │   └── CompatibilityError                 bundle built for another profile / runtime / budget
     ├── TransportError                exit 6   broker / HTTP / download failure
     │   └── TimeoutError_                      no answer in time (silence counts as failure)
     ├── InstallError                  exit 7   install / health check / switch failed (rolled back)
     ├── StorageError                  exit 8   disk full, unwritable data dir
     └── MessageError                  exit 9   a malformed MQTT message / notice
+        └── NoticeError                        a deployment notice refused: unsigned/bad signature,
+                                               expired, replayed, or for another device
 """
 
 from __future__ import annotations
@@ -165,3 +169,42 @@ def _all_subclasses(cls: type) -> list[type]:
 def exit_code_for(code: str) -> int:
     """The exit code of the error class whose ``code`` is ``code`` (for errors carried as dicts)."""
     return next((c.exit_code for c in _all_subclasses(EdgekitError) if c.code == code), EdgekitError.exit_code)
+
+
+# -- security (issue 7): PKI and signed deployment notices -----------------------------------------
+class PkiError(ConfigError):
+    code = "pki"
+    default_hint = "Create the fleet CA with `edgekit pki init`, then enroll devices with `edgekit device enroll`."
+
+
+class NoticeError(MessageError):
+    """A deployment notice was refused (signature, expiry, replay or target); the device keeps serving."""
+
+    code = "notice_rejected"
+    default_hint = "Send a fresh notice with `edgekit push` (it signs with the key store's notices key)."
+
+
+class NoticeSignatureError(NoticeError):
+    code = "notice_unsigned"
+    default_hint = ("Push with the fleet's key store (`edgekit push --keys DIR`); if keys were rotated, the notice "
+                    "must carry the new root (edgekit does this automatically).")
+
+
+class NoticeExpiredError(NoticeError):
+    code = "notice_expired"
+    default_hint = "Notices are short-lived on purpose: push again to get a fresh one."
+
+
+class NoticeReplayError(NoticeError):
+    code = "notice_replayed"
+    default_hint = "This exact notice was already used: push again to get a fresh one."
+
+
+class NoticeTargetError(NoticeError):
+    code = "notice_wrong_device"
+    default_hint = "The notice was signed for another device or fleet; push it to the device it names."
+
+
+class EncryptionError(BundleError):
+    code = "encrypted_for_other_device"
+    default_hint = "Release the model again with `--encrypt-for THIS_DEVICE` (or `--encrypt-fleet`)."

@@ -51,6 +51,9 @@ SCHEMAS: dict[str, dict] = {
         "version": (str, True, None), "profile": (str, True, None), "bundle_url": (str, True, _URL),
         "sha256": (str, True, _SHA256), "length": (int, True, positive),
         "issued_at": ((int, float), True, positive), "expires_at": ((int, float), False, positive),
+        # signed notices (edgekit.core.notices): target, single use, signatures, root chain to follow
+        "device": (str, False, None), "fleet": (str, False, None), "nonce": (str, False, None),
+        "signatures": (list, False, None), "roots": (list, False, None),
     },
     INFER_REQUEST: {
         "schema": (str, True, None), "id": (str, True, None), "inputs": (dict, True, None),

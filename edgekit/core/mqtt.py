@@ -8,16 +8,18 @@ topic or payload format (see ``topics`` and ``messages``).
 
 from __future__ import annotations
 
+import ssl
 import threading
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .errors import TimeoutError_, TransportError
+from .errors import ConfigError, TimeoutError_, TransportError
 
 Handler = Callable[[str, bytes, "Properties | None"], None]
 
@@ -30,21 +32,50 @@ class Will:
     retain: bool = True
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """An identity folder's files: certificate + private key presented to the peer, CA to trust."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> "TlsFiles":
+        d = Path(directory)
+        files = cls(d / "cert.pem", d / "key.pem", d / "ca.pem")
+        missing = [str(p) for p in (files.cert, files.key, files.ca) if not p.exists()]
+        if missing:
+            raise ConfigError(f"identity folder {d} is incomplete: missing {', '.join(missing)}",
+                              hint="Pass a folder written by `edgekit pki init` (PKI/services/NAME) or by "
+                                   "`edgekit device enroll`.")
+        return files
+
+
 class MqttConnection:
     """One client session. Threads: paho's network loop calls ``on_message`` handlers."""
 
     def __init__(self, client_id: str, host: str, port: int, *, will: Will | None = None,
                  clean_start: bool = True, session_expiry_s: int = 0, keepalive: int = 30,
-                 max_queued: int = 1000) -> None:
+                 max_queued: int = 1000, tls: TlsFiles | None = None) -> None:
         self.client_id, self.host, self.port = client_id, host, port
+        self.tls = tls
         self._clean_start, self._session_expiry, self._keepalive = clean_start, session_expiry_s, keepalive
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         self.client.max_queued_messages_set(max_queued)
         self.client.reconnect_delay_set(0.2, 5)
+        if tls is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
+            try:
+                ctx.load_cert_chain(str(tls.cert), str(tls.key))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot load TLS identity {tls.cert} / {tls.key}: {exc}") from None
+            self.client.tls_set_context(ctx)
         if will:
             self.client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         self._cv = threading.Condition(threading.RLock())
         self._connack: int | None = None
+        self._refused: str | None = None  # why the broker dropped us before any CONNACK (e.g. TLS)
         # Reason codes by message id. Never hold ``_cv`` while calling into paho: paho calls
         # on_publish with its own mutex held, so holding ours around publish() deadlocks.
         self._pubacks: dict[int, int] = {}
@@ -55,6 +86,7 @@ class MqttConnection:
         self.client.on_connect = self._on_connect
         self.client.on_socket_open = self._on_socket_open
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_publish = self._on_ack
         self.client.on_subscribe = self._on_suback
         self.client.on_message = self._on_message
@@ -79,7 +111,14 @@ class MqttConnection:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._cv:
+            if self._connack is None and self._refused is None:
+                self._refused = f"connection closed before CONNACK ({reason_code})"
             self._connack = None
+            self._cv.notify_all()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        with self._cv:
+            self._refused = self._refused or "connection failed"
             self._cv.notify_all()
 
     def _on_ack(self, client, userdata, mid, reason_code, properties) -> None:
@@ -106,16 +145,27 @@ class MqttConnection:
         props = Properties(PacketTypes.CONNECT)
         if self._session_expiry:
             props.SessionExpiryInterval = self._session_expiry
+        self._refused = None
         try:
             self.client.connect(self.host, self.port, keepalive=self._keepalive,
                                 clean_start=self._clean_start, properties=props)
+        except ssl.SSLError as exc:
+            raise TransportError(f"TLS handshake with {self.host}:{self.port} failed: {exc}",
+                                 hint="Check the client certificate/key, that it is not revoked, and that "
+                                      "the broker's CA (ca.pem) is the fleet's.") from None
         except OSError as exc:
             raise TransportError(f"cannot reach MQTT broker at {self.host}:{self.port}: {exc}") from None
         self.client.loop_start()
         with self._cv:
-            if not self._cv.wait_for(lambda: self._connack is not None, timeout):
+            if not self._cv.wait_for(lambda: self._connack is not None or self._refused is not None, timeout):
                 self.close()
                 raise TimeoutError_(f"no CONNACK from {self.host}:{self.port} within {timeout:.0f}s")
+            if self._connack is None:
+                why = self._refused
+                self.close()
+                raise TransportError(f"broker at {self.host}:{self.port} dropped the connection: {why}",
+                                     hint="With TLS: is the client certificate issued by the fleet CA, "
+                                          "unexpired and not revoked?")
             if self._connack != 0:
                 code = self._connack
                 self.close()

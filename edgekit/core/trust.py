@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from pathlib import Path
 from typing import IO, Any, Iterable
 
 from securesystemslib.signer import Signer
@@ -31,10 +32,19 @@ def utc_in(days: float, now: float | None = None) -> dt.datetime:
     return (base + dt.timedelta(days=days)).replace(microsecond=0)
 
 
+NOTICES_FIELD = "x-edgekit-notices"  # root field listing the deployment-notice keys (signed by root)
+
+
 def build_root(role_keys: dict[str, list], thresholds: dict[str, int], expires: dt.datetime,
                version: int = 1) -> Metadata[Root]:
-    """Make an unsigned root listing ``role_keys[role]`` (public ``Key`` objects) per role."""
+    """Make an unsigned root listing ``role_keys[role]`` (public ``Key`` objects) per role.
+
+    ``role_keys["notices"]`` (optional) are the online keys that sign deployment notices; TUF's
+    Root only knows the four top-level roles, so they live in the signed field ``x-edgekit-notices``.
+    """
     root = Root(version=version, expires=expires, consistent_snapshot=True)
+    if role_keys.get("notices"):
+        set_notice_keys(root, role_keys["notices"], thresholds.get("notices", 1))
     for role in ROLES:
         keys = role_keys.get(role, [])
         if not keys:
@@ -126,3 +136,82 @@ def verify_member(md: Metadata[Targets], path: str, data: bytes | IO[bytes]) -> 
 def custom(md: Metadata[Targets], path: str) -> dict[str, Any]:
     tf = md.signed.targets.get(path)
     return dict(tf.custom) if tf is not None and isinstance(tf.custom, dict) else {}
+
+
+def set_notice_keys(root: Root, keys: list, threshold: int = 1) -> None:
+    if not 1 <= threshold <= len(keys):
+        raise TrustError(f"threshold for 'notices' must be between 1 and {len(keys)}")
+    root.unrecognized_fields[NOTICES_FIELD] = {"keys": {k.keyid: k.to_dict() for k in keys}, "threshold": threshold}
+
+
+def notice_keys(root: Root) -> tuple[list, int]:
+    """The public keys (securesystemslib ``Key``) allowed to sign notices, and how many must sign."""
+    from securesystemslib.signer import Key
+
+    field = root.unrecognized_fields.get(NOTICES_FIELD)
+    if not isinstance(field, dict) or not field.get("keys"):
+        raise TrustError("this device's trust root lists no deployment-notice keys",
+                         hint="Re-provision the device with a root.json from a current `edgekit keys init`, or "
+                              "rotate with `edgekit keys rotate --role notices`.")
+    try:
+        keys = [Key.from_dict(kid, dict(kd)) for kid, kd in field["keys"].items()]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TrustError(f"notice keys in the trust root are malformed: {exc}") from None
+    return keys, int(field.get("threshold", 1))
+
+
+# -- root rotation: devices follow root N -> N+1 -> ... offline ----------------------------------
+def _parse_root(raw: bytes) -> Metadata[Root]:
+    try:
+        md = Metadata[Root].from_bytes(raw)
+    except (tuf_exc.RepositoryError, ValueError, KeyError, TypeError) as exc:
+        raise TrustError(f"a root metadata document carried for rotation is malformed: {exc}") from None
+    if md.signed.type != Root.type:
+        raise TrustError("a document carried as root metadata is not a root")
+    return md
+
+
+def next_root(trusted: Metadata[Root], raw: bytes) -> Metadata[Root]:
+    """Verify ``raw`` as version N+1 of ``trusted``: threshold of the old AND the new root keys."""
+    new = _parse_root(raw)
+    try:
+        result = new.signed.get_root_verification_result(trusted.signed, new.signed_bytes, new.signatures)
+    except ValueError as exc:
+        raise TrustError(f"root rotation refused: {exc}") from None
+    if not result.verified:
+        raise TrustError(f"root v{new.signed.version} is not signed by the threshold of both the old and the new "
+                         "root keys: refusing the rotation",
+                         hint="Sign the new root with `edgekit keys rotate` (it uses the old and the new keys).")
+    return new
+
+
+def load_trusted_root(provisioned: bytes, history: Path | None) -> Metadata[Root]:
+    """The newest root reachable from the provisioned (factory) root through ``history/N.root.json``.
+
+    The chain is re-verified from the provisioned root every time, so a forged file in the
+    history is never trusted (it stops the walk)."""
+    root = load_root(provisioned)
+    while history is not None:
+        path = history / f"{root.signed.version + 1}.root.json"
+        if not path.exists():
+            break
+        try:
+            root = next_root(root, path.read_bytes())
+        except TrustError:
+            break
+    return root
+
+
+def update_root(trusted: Metadata[Root], candidates: Iterable[bytes], history: Path | None) -> Metadata[Root]:
+    """Follow the newer roots among ``candidates`` one version at a time, persisting each to ``history``."""
+    from .atomic import atomic_write_bytes
+
+    by_version: dict[int, bytes] = {}
+    for raw in candidates:
+        by_version[_parse_root(raw).signed.version] = raw
+    while (raw := by_version.get(trusted.signed.version + 1)) is not None:
+        trusted = next_root(trusted, raw)
+        if history is not None:
+            history.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(history / f"{trusted.signed.version}.root.json", raw)
+    return trusted

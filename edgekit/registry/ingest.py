@@ -23,10 +23,10 @@ SCHEMA_OF = {"status": messages.STATUS, "telemetry": messages.TELEMETRY, "events
 
 class Ingest:
     def __init__(self, engine, host: str, port: int, *, client_id: str = "edgekit-registry",
-                 shared_group: str | None = None, batch: int = 500) -> None:
+                 shared_group: str | None = None, batch: int = 500, tls=None) -> None:
         self.engine = engine
         self.conn = MqttConnection(client_id, host, port, clean_start=False, session_expiry_s=86400,
-                                   max_queued=0)
+                                   max_queued=0, tls=tls)
         self.shared_group = shared_group
         self.batch = batch
         self.q: queue.Queue = queue.Queue()

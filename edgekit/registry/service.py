@@ -13,9 +13,9 @@ from .ingest import Ingest
 
 class Registry:
     def __init__(self, db_url: str, store: Path, broker_host: str, broker_port: int,
-                 http_host: str = "127.0.0.1", http_port: int = 0) -> None:
+                 http_host: str = "127.0.0.1", http_port: int = 0, *, tls=None) -> None:
         self.engine = db.open_db(db_url)
-        self.ingest = Ingest(self.engine, broker_host, broker_port)
+        self.ingest = Ingest(self.engine, broker_host, broker_port, tls=tls)
         self.http = RegistryHTTPServer((http_host, http_port), self.engine, store, self.ingest)
 
     @property
