@@ -61,6 +61,7 @@ class TfliteRunner:
     engine = "tflite"
 
     def __init__(self, path: Path, threads: int) -> None:
+        path = Path(path)
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:  # devices that ship the older runtime
@@ -75,17 +76,48 @@ class TfliteRunner:
         self.input_names = [d["name"] for d in self._in]
         self.output_names = [d["name"] for d in self._out]
 
+    def _check(self, d: dict, arr: np.ndarray) -> int:
+        """Rows to run one at a time (a batch-1 static model serving a batch), or 0 to resize."""
+        fixed = [int(x) for x in d["shape"]]
+        want = [int(x) for x in d.get("shape_signature", ())] or fixed
+        if arr.dtype != d["dtype"]:
+            raise ModelError(f"input {d['name']!r} is {arr.dtype}; the model takes {np.dtype(d['dtype']).name}",
+                             hint="Send the dtype listed in the bundle manifest's inputs (quantize int8 inputs "
+                                  "with the scale/zero_point given there).")
+        if len(arr.shape) != len(want) or any(w not in (-1, a) for w, a in zip(want[1:], arr.shape[1:])):
+            raise ModelError(f"input {d['name']!r} has shape {list(arr.shape)}; the model takes {fixed}",
+                             hint="Check the layout in the bundle manifest (TFLite artifacts are often NHWC).")
+        if want[0] == 1 and arr.shape[0] != 1:
+            return int(arr.shape[0])
+        return 0
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
+            arrays = [(d, inputs[d["name"]]) for d in self._in]
+        except KeyError as exc:
+            raise ModelError(f"no value given for model input {exc.args[0]!r}") from None
+        rows = {self._check(d, a) for d, a in arrays}
+        if rows - {0}:       # batch fixed to 1 in the artifact: serve the batch row by row
+            n = max(rows)
+            if any(len(a) != n for _, a in arrays):
+                raise ModelError(f"inputs have different batch sizes {sorted({len(a) for _, a in arrays})}")
+            parts = [self._invoke({d["name"]: a[i:i + 1] for d, a in arrays}) for i in range(n)]
+            return {k: np.concatenate([p[k] for p in parts]) for k in self.output_names}
+        return self._invoke(dict((d["name"], a) for d, a in arrays))
+
+    def _invoke(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            resized = [d for d in self._in if tuple(inputs[d["name"]].shape) != tuple(d["shape"])]
+            for d in resized:        # a model with dynamic dimensions: resize, then allocate once
+                self.interp.resize_tensor_input(d["index"], inputs[d["name"]].shape)
+            if resized:
+                self.interp.allocate_tensors()
+                self._in = self.interp.get_input_details()
             for d in self._in:
-                arr = inputs[d["name"]]
-                if tuple(arr.shape) != tuple(d["shape"]):
-                    self.interp.resize_tensor_input(d["index"], arr.shape)
-                    self.interp.allocate_tensors()
-                self.interp.set_tensor(d["index"], arr)
+                self.interp.set_tensor(d["index"], inputs[d["name"]])
             self.interp.invoke()
             return {d["name"]: self.interp.get_tensor(d["index"]).copy() for d in self._out}
-        except (KeyError, ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError) as exc:
             raise ModelError(f"inference failed: {exc}") from None
 
 

@@ -9,6 +9,12 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   # the demo and tests start their own broker on a free loopback port; the system one is not needed
   $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
+# gcc: a test compiles the C array that `edgekit export --format c-array` writes for microcontrollers
+if ! command -v gcc >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq gcc libc6-dev >/dev/null
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

@@ -22,6 +22,7 @@ TREE = {
     e.ModelError: (e.EdgekitError, 4),
     e.UnsupportedOpError: (e.ModelError, 4),
     e.ParityError: (e.ModelError, 4),
+    e.TargetFitError: (e.ModelError, 4),
     e.BundleError: (e.EdgekitError, 5),
     e.TrustError: (e.BundleError, 5),
     e.ExpiredError: (e.TrustError, 5),

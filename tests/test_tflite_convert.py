@@ -189,15 +189,9 @@ def test_usage_errors(tmp_path):
 # ---- nudenet 3.4.2 (YOLOv8n, 320x320): needs the wheel in the local cache --------------------------
 
 def _blobs(n: int, seed: int) -> np.ndarray:
-    """Smooth synthetic images (no real photos ship with the tests)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:320, 0:320] / 320.0
-    out = np.zeros((n, 3, 320, 320), np.float32)
-    for k in range(n):
-        for _ in range(8):
-            cx, cy, s = rng.random(3)
-            out[k] += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (0.02 + 0.1 * s))[None] * rng.random(3)[:, None, None]
-    return np.clip(out, 0, 1)
+    from edgekit.samples.synthetic import blobs
+
+    return blobs(n, seed)
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +228,29 @@ def test_nudenet_int8_full_runs_close(nudenet, tmp_path):
     boxes, scores = np.abs(got - ref)[:, :4], np.abs(got - ref)[:, 4:]
     assert boxes.mean() < 5.0          # pixels, on a 320x320 input
     assert scores.max() < 0.25         # the score tail stays float: no 320/255 score steps
+
+
+def _hard_swish_graph(path, extra_reader: bool):
+    k = lambda name, v: onnx.numpy_helper.from_array(np.array(v, np.float32), name)  # noqa: E731
+    nodes = [helper.make_node("Add", ["x", "three"], ["a"], name="add3"),
+             helper.make_node("Clip", ["a", "zero", "six"], ["c"], name="clip"),
+             helper.make_node("Mul", ["x", "c"], ["m"], name="mul"),
+             helper.make_node("Div", ["m", "six"], ["y"], name="div6")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])]
+    if extra_reader:      # the clipped value is also a graph output: no fusion allowed
+        outputs.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 4, 6, 6]))
+    graph = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+                              outputs, [k("three", 3.0), k("zero", 0.0), k("six", 6.0)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("extra_reader", [False, True])
+def test_decomposed_hard_swish_becomes_one_op(tmp_path, extra_reader):
+    model = _hard_swish_graph(tmp_path / "hs.onnx", extra_reader)
+    report = convert_onnx_to_tflite(model, tmp_path / "hs.tflite")
+    ops = {o["op"] for o in report["ops"]}
+    assert ("HARD_SWISH" in ops) is (not extra_reader)
+    x = np.random.default_rng(0).uniform(-6, 6, (3, 4, 6, 6)).astype(np.float32)
+    for name, r in compare_with_onnx(model, tmp_path / "hs.tflite", {"x": x}).items():
+        assert r["metrics"].max_abs_diff < 1e-5, name

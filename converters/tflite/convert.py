@@ -1,7 +1,8 @@
 """ONNX -> TFLite conversion entry point, without TensorFlow.
 
 What it does: loads and folds the ONNX model, translates it to TFLite (NHWC inside), applies
-the precision (``fp32``; ``fp16`` weights behind DEQUANTIZE; ``int8-full`` calibrated on the
+the precision (``fp32``; ``fp16`` weights behind DEQUANTIZE; ``int8-weights`` likewise with
+per-channel int8 weights; ``int8-full`` calibrated on the
 float TFLite model), serializes the flatbuffer, checks that ai-edge-litert loads it, writes it
 atomically and returns a report (ops with versions, tensor count, size, precision, I/O layout and
 signature, per-op coverage, timings).
@@ -25,20 +26,23 @@ from . import onnx_import, onnx_prep, quantize
 from .op_versions import op_version
 from .schema_writer import serialize
 
-PRECISIONS = ("fp32", "fp16", "int8-full")
+PRECISIONS = ("fp32", "fp16", "int8-weights", "int8-full")
 IO_LAYOUTS = ("nchw", "nhwc")
 
 
 def convert_onnx_to_tflite(onnx_path, out_path, *, precision: str = "fp32",
                            calibration: dict[str, np.ndarray] | None = None, io_layout: str = "nchw",
                            input_shapes: dict[str, list[int]] | None = None,
-                           max_calibration_samples: int = 200) -> dict:
+                           max_calibration_samples: int = 200, int8_io: bool = False) -> dict:
     """Convert ``onnx_path`` to a TFLite flatbuffer at ``out_path`` and return the report.
 
     ``calibration`` maps input names to arrays ``[N, ...]`` in the ONNX layout (required for
     ``int8-full``; at most ``max_calibration_samples`` are used, each run with batch 1).
     ``input_shapes`` fixes symbolic input dimensions (the batch is always fixed to 1).
+    ``int8_io`` (``int8-full`` only) makes the model's inputs and outputs int8.
     """
+    if int8_io and precision != "int8-full":
+        raise UsageError("int8 inputs/outputs need precision int8-full")
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if io_layout not in IO_LAYOUTS:
@@ -52,12 +56,14 @@ def convert_onnx_to_tflite(onnx_path, out_path, *, precision: str = "fp32",
     n_samples = 0
     if precision == "fp16":
         model = quantize.to_fp16(model)
+    elif precision == "int8-weights":
+        model = quantize.to_int8_weights(model)
     elif precision == "int8-full":
         t1 = time.perf_counter()
         samples = calibration_samples(calibration, graph, io_layout, max_calibration_samples)
         n_samples = len(samples)
         ranges = quantize.calibrate(serialize(model), model, samples)
-        model = quantize.to_int8(model, ranges)
+        model = quantize.to_int8(model, ranges, int8_io)
         timings["calibrate_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     data = serialize(model)
@@ -98,13 +104,20 @@ def _check_loads(data: bytes) -> None:
     interpreter(data, "auto")
 
 
+def _quant(t) -> dict:
+    if t.quant is None:
+        return {}
+    return {"quantization": {"scale": [float(x) for x in t.quant.scale],
+                             "zero_point": [int(x) for x in t.quant.zero_point]}}
+
+
 def _report(model, data: bytes, coverage: dict, precision: str, io_layout: str, n_samples: int,
             out_path, timings: dict) -> dict:
     ops = Counter((op.op, op_version(model, op)) for op in model.operators)
 
     def sig(indices):
         return [{"name": model.tensors[i].name, "shape": list(model.tensors[i].shape),
-                 "dtype": model.tensors[i].dtype} for i in indices]
+                 "dtype": model.tensors[i].dtype, **_quant(model.tensors[i])} for i in indices]
     return {
         "format": "tflite",
         "path": str(Path(out_path)),

@@ -4,8 +4,8 @@ What it does: fixes symbolic input dimensions (batch -> 1, others from ``input_s
 ``Constant`` nodes and initializers into numpy constants, folds every node whose inputs are all
 constant (and ``Shape``/``Size`` of statically shaped tensors) with ``onnx.reference``, runs onnx
 shape inference until nothing changes, folds ``BatchNormalization`` into a preceding ``Conv``,
-rewrites 1-D convolutions and pools as 2-D ones, and records the static shape and dtype of every
-value it can.
+fuses decomposed hard-swish chains (:mod:`.onnx_fuse`), rewrites 1-D convolutions and pools as
+2-D ones, and records the static shape and dtype of every value it can.
 
 What it does not do: translate anything to TFLite, handle control flow (``If``/``Loop`` stay as
 nodes and are reported unsupported later); values whose shape stays unknown are left for the
@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core.errors import ModelError, UsageError
+
+from .onnx_fuse import fuse_hard_swish
 
 _FOLD_NEVER = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                "If", "Loop", "Scan"}
@@ -75,6 +77,7 @@ def prepare(model, input_shapes: dict[str, list[int]] | None = None) -> Graph:
         if not changed:
             break
     nodes = _fold_batchnorm(nodes, consts, outputs)
+    nodes = fuse_hard_swish(nodes, consts, outputs)
     lifted = _lift_1d(nodes, consts, shapes)
     if lifted is not nodes:
         nodes = lifted

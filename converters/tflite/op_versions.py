@@ -50,6 +50,8 @@ def op_version(model, op) -> int:
             return 3
         return 2 if dtype(op.inputs[1]) == "int8" else 1
     if name == "DEQUANTIZE":
+        if in0 == "int8" and t[op.inputs[0]].quant is not None and t[op.inputs[0]].quant.scale.size > 1:
+            return 5                         # per-channel int8 (op_version.cc)
         return {"float16": 3, "int8": 2}.get(in0, 1)
     if name in ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"):
         if opts.get("half_pixel_centers") or (name == "RESIZE_NEAREST_NEIGHBOR" and opts.get("align_corners")):

@@ -249,5 +249,11 @@ def global_pool(ctx, node):
         raise NotConvertible("global pooling needs a spatial axis")
     op = "MEAN" if node.op_type == "GlobalAveragePool" else "REDUCE_MAX"
     perm = NHWC if rank == 4 else ctx.perm(x)
+    if rank == 4:        # a full-window pool: XNNPACK/TFLite sum it more accurately than MEAN
+        _, _, h, w = ctx.shape(x)
+        pool = "AVERAGE_POOL_2D" if op == "MEAN" else "MAX_POOL_2D"
+        ctx.emit(pool, [ctx.tensor(x, NHWC)], out, NHWC, padding=PADDING["VALID"], stride_w=1, stride_h=1,
+                 filter_width=w, filter_height=h, fused_activation_function=0)
+        return
     axes = [perm.index(a) for a in range(2, rank)]
     ctx.emit(op, [ctx.tensor(x, perm), ctx.int32(f"{out}/axes", axes)], out, perm, keep_dims=True)

@@ -16,7 +16,8 @@ What it does:
 * ``to_fp16`` stores float constants as float16 behind DEQUANTIZE ops.
 
 What it does not do: int16 activations, per-channel FULLY_CONNECTED, percentile/entropy
-calibration, quantization-aware anything, or integer-only I/O.
+calibration or quantization-aware anything. ``int8_io`` drops the float I/O wrappers: inputs
+  and outputs are int8 with their own (scale, zero point) for integer-only targets.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ SAME_AS_INPUT = {"RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "PAD"
 # Data movement that writes only graph outputs runs in float: the output is float anyway, and a
 # concat of differently scaled parts (boxes and scores) would share one int8 scale.
 FLOAT_TAIL = {"CONCATENATION", "RESHAPE", "TRANSPOSE"}
+# A concat shares one scale with its inputs only if their ranges differ by at most this factor.
+SHARE_MAX_SPREAD = 4.0
 # Kernels that read every input with the output's parameters.
 MATCH_INPUTS = {"CONCATENATION", "MAXIMUM", "MINIMUM"}
 FIXED_OUTPUT = {"SOFTMAX": (1 / 256, -128), "LOGISTIC": (1 / 256, -128), "TANH": (1 / 128, 0),
@@ -107,9 +110,10 @@ def _weights(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, Quant]:
 
 
 class _Rewriter:
-    def __init__(self, model: Model, ranges: dict[int, tuple[float, float]]) -> None:
+    def __init__(self, model: Model, ranges: dict[int, tuple[float, float]], int8_io: bool = False) -> None:
         self.m = copy.deepcopy(model)
         self.ranges = ranges
+        self.int8_io = int8_io
         self.ops: list = []
         self.deq: dict[int, int] = {}     # int8 tensor -> float copy
 
@@ -155,6 +159,7 @@ class _Rewriter:
 
     def run(self) -> Model:
         m = self.m
+        _global_pools_as_mean(m)
         consumers = m.consumers()
         new_inputs = []
         for idx in m.inputs:
@@ -163,6 +168,10 @@ class _Rewriter:
                 new_inputs.append(idx)
                 continue
             q = asymmetric(*self.ranges.get(idx, (0.0, 1.0)))
+            if self.int8_io:        # the caller feeds int8: no QUANTIZE in front
+                t.dtype, t.quant = "int8", q
+                new_inputs.append(idx)
+                continue
             f = m.add_tensor(t.name, t.shape, "float32")
             t.name, t.dtype, t.quant = f"{t.name}/int8", "int8", q
             self.ops.append(Operator("QUANTIZE", [f], [idx]))
@@ -191,7 +200,17 @@ class _Rewriter:
         new_outputs = []
         for idx in m.outputs:
             t = m.tensors[idx]
-            if t.dtype != "int8":
+            if self.int8_io and t.dtype == "float32":     # a float tail: quantize its result
+                q = asymmetric(*self.ranges.get(idx, (0.0, 1.0)))
+                f = m.add_tensor(f"{t.name}/float", t.shape, "float32")
+                for op in self.ops:
+                    op.outputs = [f if o == idx else o for o in op.outputs]
+                    op.inputs = [f if i == idx else i for i in op.inputs]
+                t.dtype, t.quant = "int8", q
+                self.ops.append(Operator("QUANTIZE", [f], [idx]))
+                new_outputs.append(idx)
+                continue
+            if t.dtype != "int8" or self.int8_io:
                 new_outputs.append(idx)
                 continue
             f = m.add_tensor(t.name, t.shape, "float32")
@@ -244,6 +263,21 @@ class _Rewriter:
         self.ops.extend(Operator("QUANTIZE", [f], [i]) for f, i in requant)
 
 
+def _global_pools_as_mean(m: Model) -> None:
+    """Whole-image AVERAGE_POOL_2D (the float translation of GlobalAveragePool) becomes MEAN: the
+    int8 average-pool kernels disagree with each other on large windows (576 elements gave cosine
+    0.52..0.85 depending on the kernel), while int8 MEAN is exact to a step."""
+    for op in m.operators:
+        if op.op != "AVERAGE_POOL_2D":
+            continue
+        x, y = m.tensors[op.inputs[0]].shape, m.tensors[op.outputs[0]].shape
+        o = op.options
+        if (len(x) == 4 and list(y[1:3]) == [1, 1] and o.get("filter_height") == x[1] and o.get("filter_width") == x[2]
+                and not o.get("fused_activation_function")):
+            axes = m.add_const(f"{m.tensors[op.outputs[0]].name}/axes", np.array([1, 2], np.int32))
+            op.op, op.inputs, op.options = "MEAN", [op.inputs[0], axes], {"keep_dims": True}
+
+
 def shared_ranges(model: Model, ranges: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
     """Widen ranges so that each CONCATENATION shares one scale with the tensors feeding it.
 
@@ -273,10 +307,12 @@ def shared_ranges(model: Model, ranges: dict[int, tuple[float, float]]) -> dict[
         out = op.outputs[0]
         if op.op != "CONCATENATION" or _float_tail(model, op, consumers):
             continue
-        for i in op.inputs:
-            r = root(i)
-            if r is not None and r in ranges:
-                parent[find(r)] = find(out)
+        roots = [r for r in map(root, op.inputs) if r is not None and r in ranges]
+        widths = [max(ranges[r][1], 0.0) - min(ranges[r][0], 0.0) for r in roots]
+        if widths and max(widths) > SHARE_MAX_SPREAD * max(min(widths), 1e-9):
+            continue       # very different ranges: requantize at the concat instead of coarsening all inputs
+        for r in roots:
+            parent[find(r)] = find(out)
     groups: dict[int, list[float]] = {}
     for i in set(parent) | set(parent.values()):
         if i in ranges:
@@ -290,8 +326,9 @@ def shared_ranges(model: Model, ranges: dict[int, tuple[float, float]]) -> dict[
     return widened
 
 
-def to_int8(model: Model, ranges: dict[int, tuple[float, float]]) -> Model:
-    return _Rewriter(model, shared_ranges(model, ranges)).run()
+def to_int8(model: Model, ranges: dict[int, tuple[float, float]], int8_io: bool = False) -> Model:
+    """Full-integer model; ``int8_io`` keeps inputs and outputs int8 (Edge TPU / microcontrollers)."""
+    return _Rewriter(model, shared_ranges(model, ranges), int8_io).run()
 
 
 def to_fp16(model: Model) -> Model:
@@ -303,5 +340,30 @@ def to_fp16(model: Model) -> Model:
             half = m.add_tensor(f"{t.name}/fp16", t.shape, "float16", t.data.astype(np.float16))
             t.data = None
             front.append(Operator("DEQUANTIZE", [half], [idx]))
+    m.operators = front + m.operators
+    return m
+
+
+def to_int8_weights(model: Model) -> Model:
+    """Weight-only int8 ("int8-dynamic" in profiles): the weights of CONV_2D / DEPTHWISE_CONV_2D /
+    TRANSPOSE_CONV / FULLY_CONNECTED stored int8 (per-channel symmetric, FULLY_CONNECTED per-tensor)
+    behind a DEQUANTIZE; activations and all other constants stay float32. The runtime dequantizes
+    the weights once at load (XNNPACK folds the DEQUANTIZE), so the model is ~4x smaller and runs
+    at float speed; no calibration data is needed."""
+    m = copy.deepcopy(model)
+    front, done = [], {}
+    for op in m.operators:
+        if op.op not in WEIGHTED:
+            continue
+        wi, _, _, axis = WEIGHTED[op.op]
+        idx = op.inputs[wi]
+        t = m.tensors[idx]
+        if not t.is_const or t.dtype != "float32":
+            continue
+        if idx not in done:
+            data, q = _weights(t.data, axis)
+            done[idx] = m.add_tensor(f"{t.name}/int8", t.shape, "int8", data, q)
+            front.append(Operator("DEQUANTIZE", [done[idx]], [idx]))
+            t.data = None
     m.operators = front + m.operators
     return m

@@ -6,7 +6,7 @@ import click
 
 from edgekit import __version__
 
-from . import demo_cmd, fleet_cmd, keys_cmd, model_cmd, pki_cmd, profiles_cmd
+from . import demo_cmd, fleet_cmd, inspect_cmd, keys_cmd, model_cmd, pki_cmd, profiles_cmd
 
 HELP = """edgekit: put trained models on fleets of devices, safely and fast.
 
@@ -28,7 +28,7 @@ def cli() -> None:
     pass
 
 
-for module in (profiles_cmd, keys_cmd, model_cmd, fleet_cmd, demo_cmd, pki_cmd):
+for module in (profiles_cmd, keys_cmd, model_cmd, fleet_cmd, demo_cmd, pki_cmd, inspect_cmd):
     module.register(cli)
 
 

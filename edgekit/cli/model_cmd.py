@@ -18,7 +18,7 @@ from .common import emit_json, json_option, keys_option, pki_option, registry_op
 @click.option("--validation", type=click.Path(exists=True, path_type=Path), required=True,
               help="Validation data (same formats; an optional 'label' array enables the accuracy check).")
 @click.option("--precision", default="auto", show_default=True,
-              type=click.Choice(["auto", "fp32", "int8-static"]),
+              type=click.Choice(["auto", "fp32", "fp16", "int8-dynamic", "int8-static", "int8-full"]),
               help="auto = the profile's preferred precision that passes the parity gate and is not slower.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True)
 @click.option("--max-samples", default=1000, show_default=True, help="Cap on calibration/validation samples.")
@@ -29,10 +29,13 @@ def convert(model: Path, profile_ids: tuple[str, ...], calibration: Path, valida
 
     Each folder holds the artifact, golden vectors and report.json (size, latency vs fp32,
     parity, accuracy). An artifact that fails the profile's budgets is never written.
+    Profiles whose engine is tflite / tflite-micro get a .tflite written without TensorFlow
+    (fp32, fp16, int8-static = integer kernels with float I/O, int8-full = int8 I/O).
     """
     def body():
         from converters.data import load_dataset
         from converters.onnx_pipeline import convert_onnx, inspect_onnx
+        from converters.tflite_pipeline import TFLITE_ENGINES, convert_tflite
         from edgekit.core.profiles import load_profile
 
         profiles = [load_profile(p) for p in profile_ids]
@@ -42,7 +45,8 @@ def convert(model: Path, profile_ids: tuple[str, ...], calibration: Path, valida
         with click.progressbar(profiles, label="converting", hidden=as_json,
                                item_show_func=lambda p: p.id if p else "") as bar:
             for p in bar:
-                reports.append(convert_onnx(model, p, out, precision=precision, calibration=cal, validation=val))
+                pipeline = convert_tflite if p.engine in TFLITE_ENGINES else convert_onnx
+                reports.append(pipeline(model, p, out, precision=precision, calibration=cal, validation=val))
         if as_json:
             return emit_json(reports)
         rows = []

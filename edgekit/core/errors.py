@@ -18,7 +18,8 @@ Tree::
     │   └── PkiError                           fleet CA / device certificate problem
     ├── ModelError                    exit 4   model cannot be loaded / converted / is unsupported
     │   ├── UnsupportedOpError                 an op the target runtime lacks (names node + op)
-    │   └── ParityError                        an artifact does not answer like its reference
+    │   ├── ParityError                        an artifact does not answer like its reference
+    │   └── TargetFitError                     a model too big / too dynamic for the target device
     ├── BundleError                   exit 5   a bundle is malformed, truncated or inconsistent
     │   ├── TrustError                         signature / key / threshold failure
     │   │   ├── ExpiredError                   signed metadata past its expiry
@@ -104,6 +105,12 @@ class UnsupportedOpError(ModelError):
 class ParityError(ModelError):
     code = "parity"
     default_hint = "Try a higher precision (--precision fp32/fp16), better calibration data, or loosen the profile's budgets."
+
+
+class TargetFitError(ModelError):
+    code = "target_fit"
+    default_hint = ("Use a smaller model or input size, convert with --precision int8-full, or pick a profile "
+                    "with more RAM/flash.")
 
 
 class BundleError(EdgekitError):

@@ -1,0 +1,241 @@
+"""TFLite artifacts for tflite / tflite-micro profiles: fp32, fp16, int8-dynamic/-static/-full.
+
+For each profile this module picks a precision (``auto``: the profile's preferred order, keeping
+only candidates that pass the parity gate and, while another candidate remains, are not slower
+than the fp32 TFLite model built in the same run), writes
+``out_dir/<profile>/{model.tflite, golden.npz, report.json}`` with the same report keys as
+:func:`converters.onnx_pipeline.convert_onnx`, and never writes an artifact that fails the gate.
+Reference: onnxruntime on the source ONNX (one thread); candidate: ai-edge-litert (one thread,
+default resolver with XNNPACK).
+
+Precisions (profile names -> converter recipe):
+
+* ``fp32``; ``fp16`` (float16 weights behind DEQUANTIZE); ``int8-dynamic`` (weight-only int8:
+  per-channel int8 weights behind DEQUANTIZE, float compute; no hybrid kernels);
+* ``int8-static``: full-integer kernels, float inputs/outputs (QUANTIZE / DEQUANTIZE at the edges);
+* ``int8-full``: full-integer with int8 inputs/outputs (Edge TPU, microcontrollers). The golden
+  vectors then hold int8 inputs/outputs; the parity gate compares dequantized outputs.
+
+I/O layout: profiles declaring ``layout = "NHWC"`` get NHWC 4-D inputs/outputs (no transposes at
+the model edges); the report's ``inputs``/``outputs`` and the golden vectors use the artifact's
+own layout and dtype. The validation/calibration data stay in the ONNX layout.
+
+Not here: the flatbuffer writer (``converters.tflite``), the gate's thresholds (``converters.gate``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.core import parity
+from edgekit.core.atomic import atomic_write_bytes, atomic_write_json, remove_tree
+from edgekit.core.errors import ParityError, UsageError
+from edgekit.core.profiles import Profile
+
+from .data import Dataset
+from .gate import LATENCY_RUNS, Candidate, evaluate, gate_reasons
+from .onnx_pipeline import check_data, inspect_onnx
+
+TFLITE_ENGINES = ("tflite", "tflite-micro")
+# profile precision -> (converter precision, int8 inputs/outputs)
+RECIPES = {"fp32": ("fp32", False), "fp16": ("fp16", False), "int8-dynamic": ("int8-weights", False),
+           "int8-static": ("int8-full", False), "int8-full": ("int8-full", True)}
+FP32_MAX_REL_DIFF = 1e-4     # fp32 must match onnxruntime to 1e-4 x the output's scale
+
+
+def _to_layout(x: np.ndarray, io_layout: str) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if io_layout == "nhwc" and x.ndim == 4 else x
+
+
+def _from_layout(x: np.ndarray, io_layout: str) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if io_layout == "nhwc" and x.ndim == 4 else x
+
+
+def _quantize(x: np.ndarray, d: dict) -> np.ndarray:
+    scale, zp = d["quantization"]
+    if d["dtype"] == np.float32 or not scale:
+        return x.astype(d["dtype"])
+    info = np.iinfo(d["dtype"])
+    return np.clip(np.round(x / scale) + zp, info.min, info.max).astype(d["dtype"])
+
+
+def _dequantize(y: np.ndarray, d: dict) -> np.ndarray:
+    scale, zp = d["quantization"]
+    if y.dtype == np.float32 or not scale:
+        return y.astype(np.float32)
+    return ((y.astype(np.float32) - zp) * scale).astype(np.float32)
+
+
+class TfliteCandidate:
+    """A .tflite artifact loaded in ai-edge-litert; quacks like :class:`converters.gate.Candidate`.
+
+    ``outputs`` are float and in the ONNX layout (comparable with the reference); ``native_inputs``
+    / ``native_outputs`` are what the artifact itself takes and returns (its layout and dtype).
+    """
+
+    def __init__(self, name: str, path: Path, io_layout: str) -> None:
+        from converters.tflite.runtime import interpreter
+
+        self.name, self.path, self.io_layout = name, path, io_layout
+        self.interp = interpreter(path.read_bytes(), "auto", threads=1)
+        self._in = self.interp.get_input_details()
+        self._out = self.interp.get_output_details()
+        self.latency_ms = 0.0
+        self.outputs: dict[str, np.ndarray] = {}
+        self.native_inputs: dict[str, np.ndarray] = {}
+        self.native_outputs: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def load(cls, name: str, path: Path, data: Dataset, io_layout: str) -> "TfliteCandidate":
+        cand = cls(name, path, io_layout)
+        cand.native_inputs = {d["name"]: _quantize(_to_layout(data.inputs[d["name"]], io_layout), d)
+                              for d in cand._in}
+        cand.latency_ms = cand.measure_latency()
+        cand.native_outputs = cand.run_all(len(data))
+        cand.outputs = {d["name"]: _from_layout(_dequantize(cand.native_outputs[d["name"]], d), io_layout)
+                        for d in cand._out}
+        return cand
+
+    def _invoke(self, i: int) -> None:
+        for d in self._in:
+            self.interp.set_tensor(d["index"], self.native_inputs[d["name"]][i:i + 1])
+        self.interp.invoke()
+
+    def run_all(self, n: int) -> dict[str, np.ndarray]:
+        rows: dict[str, list] = {d["name"]: [] for d in self._out}
+        for i in range(n):
+            self._invoke(i)
+            for d in self._out:
+                rows[d["name"]].append(self.interp.get_tensor(d["index"]).copy())
+        return {k: np.concatenate(v) for k, v in rows.items()}
+
+    def measure_latency(self) -> float:
+        for _ in range(5):
+            self._invoke(0)
+        times = []
+        for _ in range(LATENCY_RUNS):
+            t0 = time.perf_counter()
+            self._invoke(0)
+            times.append((time.perf_counter() - t0) * 1000)
+        return float(np.median(times))
+
+
+def choose_precisions(profile: Profile, precision: str) -> list[str]:
+    if precision == "auto":
+        return [p for p in profile.precisions if p in RECIPES] or ["fp32"]
+    if precision not in RECIPES:
+        raise UsageError(f"precision {precision!r} is not available for TFLite profiles; use one of "
+                         f"{', '.join(RECIPES)} or auto")
+    if precision not in profile.precisions:
+        raise UsageError(f"profile {profile.id} does not allow precision {precision!r}; it allows "
+                         f"{', '.join(profile.precisions)}")
+    return [precision]
+
+
+def _io_layout(profile: Profile) -> str:
+    return "nhwc" if profile.raw["runtime"].get("layout", "NHWC") == "NHWC" else "nchw"
+
+
+def _target_reasons(path: Path, profile: Profile) -> tuple[list[str], dict]:
+    """What the profile's runtime cannot run in the artifact (op versions, allowlist, TFLM kernels,
+    types, tensor arena vs RAM budget), and the memory estimate; size is the gate's job."""
+    from converters.tflite.arena import estimate
+    from converters.tflite.compat import profile_issues
+    from converters.tflite.reader import read_tflite
+
+    info = read_tflite(path)
+    issues = [i for i in profile_issues(info, profile) if i["what"] != "flash_budget"]
+    return [f"{i['where']}: {i['reason']}" for i in issues], estimate(info, profile.raw["memory"]["word_bits"])
+
+
+def _spec(d: dict, io_layout: str) -> dict:
+    spec = {"name": d["name"], "dtype": np.dtype(d["dtype"]).name, "shape": [int(x) for x in d["shape"]],
+            "layout": "NHWC" if io_layout == "nhwc" and len(d["shape"]) == 4 else "as-onnx"}
+    scale, zp = d["quantization"]
+    if scale:
+        spec["quantization"] = {"scale": float(scale), "zero_point": int(zp)}
+    return spec
+
+
+def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str, calibration: Dataset,
+                   validation: Dataset, progress=lambda msg: None) -> dict:
+    """Produce ``out_dir/<profile>/{model.tflite, golden.npz, report.json}``; return the report."""
+    from converters.tflite import convert_onnx_to_tflite
+
+    if profile.engine not in TFLITE_ENGINES:
+        raise UsageError(f"profile {profile.id} runs {profile.engine}; this pipeline writes TFLite")
+    info = inspect_onnx(src)
+    check_data(info, calibration, "calibration")
+    check_data(info, validation, "validation")
+    order = choose_precisions(profile, precision)
+    io_layout = _io_layout(profile)
+    shapes = {s["name"]: [1, *validation.inputs[s["name"]].shape[1:]] for s in info["inputs"]}
+    source_bytes = src.read_bytes()
+    dest = out_dir / profile.id
+    report: dict = {"profile": profile.id, "source": str(src), "source_sha256": hashlib.sha256(source_bytes).hexdigest(),
+                    "source_bytes": len(source_bytes), "candidates": [], "threads": 1, "io_layout": io_layout}
+    with tempfile.TemporaryDirectory(prefix="edgekit-tflite-") as tmp:
+        tmp = Path(tmp)
+        reference = Candidate.load("fp32-reference", src, validation)
+        built: dict[str, tuple[TfliteCandidate, dict, float]] = {}
+
+        def build(prec: str) -> tuple[TfliteCandidate, dict, float]:
+            if prec not in built:
+                progress(f"{profile.id}: building {prec}")
+                kind, int8_io = RECIPES[prec]
+                path = tmp / f"{prec}.tflite"
+                t0 = time.perf_counter()
+                conv = convert_onnx_to_tflite(src, path, precision=kind, io_layout=io_layout, input_shapes=shapes,
+                                              calibration=calibration.inputs if kind == "int8-full" else None,
+                                              int8_io=int8_io)
+                convert_s = time.perf_counter() - t0
+                built[prec] = (TfliteCandidate.load(prec, path, validation, io_layout), conv, convert_s)
+            return built[prec]
+
+        baseline = build("fp32")[0]     # the latency baseline, measured in the same run
+        chosen: TfliteCandidate | None = None
+        for prec in order:
+            cand, conv, convert_s = build(prec)
+            entry = evaluate(cand, reference, validation, profile)
+            entry.update(convert_s=round(convert_s, 3), ops=conv["ops"], coverage=conv["coverage"],
+                         tflite_fp32_latency_ms=round(baseline.latency_ms, 4),
+                         speedup_vs_tflite_fp32=round(baseline.latency_ms / max(cand.latency_ms, 1e-9), 3))
+            reasons = gate_reasons(entry, profile, allow_slower=True)
+            if prec == "fp32":
+                reasons += [f"{n}: fp32 max abs diff {m['max_abs_diff']:.3g} exceeds {FP32_MAX_REL_DIFF:g} x "
+                            f"the output scale" for n, m in entry["outputs"].items()
+                            if m["relative_max_diff"] > FP32_MAX_REL_DIFF]
+            elif prec != order[-1] and cand.latency_ms > baseline.latency_ms:   # a fallback remains
+                reasons.append(f"slower than fp32 TFLite ({cand.latency_ms:.3f} ms vs {baseline.latency_ms:.3f} ms)")
+            target, entry["memory"] = _target_reasons(cand.path, profile)
+            entry["reasons"] = reasons + target
+            entry["passed"] = not entry["reasons"]
+            report["candidates"].append(entry)
+            if entry["passed"]:
+                chosen = cand
+                break
+            progress(f"{profile.id}: {prec} dropped: {'; '.join(entry['reasons'])}")
+        if chosen is None:
+            last = report["candidates"][-1]
+            raise ParityError(f"no TFLite artifact for {profile.id} passed the parity gate: "
+                              + "; ".join(last["reasons"]), report=report["candidates"])
+        k = profile.validation["golden_vectors"]
+        golden = parity.save_golden({n: v[:k] for n, v in chosen.native_inputs.items()},
+                                    {n: v[:k] for n, v in chosen.native_outputs.items()})
+        remove_tree(dest)
+        dest.mkdir(parents=True)
+        atomic_write_bytes(dest / "model.tflite", chosen.path.read_bytes())
+        atomic_write_bytes(dest / "golden.npz", golden)
+    artifact = (dest / "model.tflite").read_bytes()
+    report.update(precision=chosen.name, artifact="model.tflite", artifact_bytes=len(artifact),
+                  artifact_sha256=hashlib.sha256(artifact).hexdigest(), engine=profile.engine, format="tflite",
+                  golden_vectors=k, inputs=[_spec(d, io_layout) for d in chosen._in],
+                  outputs=[_spec(d, io_layout) for d in chosen._out])
+    report["size_ratio"] = round(report["source_bytes"] / report["artifact_bytes"], 3)
+    atomic_write_json(dest / "report.json", report)
+    return report
