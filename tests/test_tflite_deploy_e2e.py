@@ -30,12 +30,12 @@ def tflite_bundle(tmp_path_factory, datasets, keystore):
     return bundle, report
 
 
-def test_tflite_bundle_installs_and_serves_on_a_watch(broker, registry, agent_factory, tflite_bundle):
+def test_tflite_bundle_installs_and_serves_on_a_watch(broker, registry, agent_factory, tflite_bundle, keystore):
     from edgekit.deploy import infer_remote
 
     bundle, report = tflite_bundle
     agent_factory("dev-1", "pixel-watch-2")
-    op = Operator(broker, registry, ["dev-1"])
+    op = Operator(broker, registry, ["dev-1"], keystore)
     try:
         ev = op.deploy(bundle)
         assert ev["state"] == "committed", ev
