@@ -1,7 +1,9 @@
-"""Calibration / validation data loading: ``.npz`` (named arrays), ``.npy``, or a folder of ``.npy``.
+"""Calibration / validation data loading: ``.npz`` (named arrays), ``.npy``, a folder of ``.npy``,
+or a folder of images with declared preprocessing (``converters.images``).
 
-Arrays are capped at ``max_samples`` rows so memory stays bounded. Labels (``label`` key in an
-``.npz``) are returned separately. This module does not preprocess images.
+Arrays are capped at ``max_samples`` rows so memory stays bounded (image folders are decoded one
+file at a time into a preallocated array). Labels (``label`` key in an ``.npz``) are returned
+separately.
 """
 
 from __future__ import annotations
@@ -27,11 +29,16 @@ class Dataset:
                        None if self.labels is None else self.labels[:n])
 
 
-def load_dataset(path: str | Path, input_names: list[str], max_samples: int = 1000) -> Dataset:
+def load_dataset(path: str | Path, input_names: list[str], max_samples: int = 1000,
+                 preprocess: str | None = None) -> Dataset:
     path = Path(path)
     if not path.exists():
         raise UsageError(f"data file {path} does not exist")
     labels = None
+    if path.is_dir() and not any(path.glob("*.npy")):
+        from .images import load_image_folder
+
+        return Dataset({input_names[0]: load_image_folder(path, preprocess, max_samples)})
     if path.is_dir():
         files = sorted(path.glob("*.npy"))[:max_samples]
         if not files:

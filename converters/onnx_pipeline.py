@@ -1,19 +1,20 @@
-"""ONNX artifacts for onnxruntime profiles: fp32 pass-through and static QDQ int8.
+"""ONNX artifacts for onnxruntime profiles: pre-process, build precision candidates, gate, write.
 
-For each profile this module picks a precision (``auto``: the profile's preferred order, keeping
-only candidates that pass the parity gate and are not slower than fp32), writes the artifact,
-its golden vectors and a report into ``out_dir/<profile>/``. The source file is never modified;
-scratch work happens in a temporary directory that is always removed.
-
-Not here: TFLite output (``converters.tflite``), graph simplification and fp16 (later issue).
+For each profile this module prepares the graph (``preprocess``), checks the profile can run it
+(``checks``), builds candidates in the profile's preferred order (``recipes``; ``auto`` keeps the
+first one that passes the parity gate and budgets and is not slower than fp32, a forced
+precision that fails raises ``ParityError`` with the numbers), and writes
+``out_dir/<profile>/{model.onnx, golden.npz, report.json}`` only when everything succeeded.
+The source file is never modified; scratch work happens in a temporary directory that is always
+removed. Not here: TFLite output (``converters.tflite``), report rendering (the CLI).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from edgekit.core import parity
@@ -21,38 +22,41 @@ from edgekit.core.atomic import atomic_write_bytes, atomic_write_json, remove_tr
 from edgekit.core.errors import ModelError, ParityError, UsageError
 from edgekit.core.profiles import Profile
 
+from . import recipes
+from .checks import budget_verdicts, check_source, verdict_reasons
 from .data import Dataset
 from .gate import Candidate, evaluate, gate_reasons
+from .preprocess import load_source, prepare
+from .steps import StepLog
 
-ONNX_PRECISIONS = ("fp32", "int8-static")
+ONNX_PRECISIONS = recipes.PRECISIONS
+IDEAL_RATIO = {"fp32": 1.0, "fp16": 2.0, "int8-dynamic": 4.0, "int8-static": 4.0}
+
+
+def _signature(values) -> list[dict]:
+    import onnx
+
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                    "shape": [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                              for d in t.shape.dim]})
+    return out
+
+
+def describe(model) -> dict:
+    from .preprocess import opset_of
+
+    inits = {i.name for i in model.graph.initializer}
+    return {"opset": opset_of(model), "inputs": _signature([i for i in model.graph.input if i.name not in inits]),
+            "outputs": _signature(model.graph.output), "ops": sorted({n.op_type for n in model.graph.node}),
+            "nodes": len(model.graph.node)}
 
 
 def inspect_onnx(path: Path) -> dict:
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise ModelError(f"{path} is not a readable ONNX model: {exc}",
-                         hint="Pass a .onnx file exported with torch.onnx.export or similar.") from None
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 7:
-        raise ModelError(f"{path.name} uses opset {opset}; edgekit needs opset >= 7",
-                         hint="Re-export the model with a newer opset (onnx.version_converter).")
-
-    def sig(values) -> list[dict]:
-        out = []
-        for v in values:
-            t = v.type.tensor_type
-            out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                        "shape": [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                                  for d in t.shape.dim]})
-        return out
-
-    inits = {i.name for i in model.graph.initializer}
-    return {"opset": opset, "inputs": sig([i for i in model.graph.input if i.name not in inits]),
-            "outputs": sig(model.graph.output), "ops": sorted({n.op_type for n in model.graph.node}),
-            "nodes": len(model.graph.node)}
+    """Signature, opset and ops of an ONNX file; raises ModelError for anything edgekit cannot take."""
+    return describe(load_source(Path(path)))
 
 
 def check_data(info: dict, data: Dataset, what: str) -> None:
@@ -69,46 +73,12 @@ def check_data(info: dict, data: Dataset, what: str) -> None:
                              f"{spec['shape']} (first axis = samples)")
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over a Dataset, one sample at a time."""
-
-    def __init__(self, data: Dataset) -> None:
-        self._it = iter(range(len(data)))
-        self._data = data
-
-    def get_next(self):
-        i = next(self._it, None)
-        return None if i is None else {k: v[i:i + 1] for k, v in self._data.inputs.items()}
-
-
-def quantize_static_int8(src: Path, dst: Path, calibration: Dataset, method: str = "minmax") -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory(prefix="edgekit-quant-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        try:
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        except Exception:  # pre-processing is an optimization: fall back to the source graph
-            shutil.copy(src, pre)
-        calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}[method]
-        out = Path(tmp) / "int8.onnx"
-        try:
-            quantize_static(str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=calib, extra_options={"CalibTensorRangeSymmetric": False})
-        except Exception as exc:
-            raise ModelError(f"static int8 quantization failed: {exc}") from None
-        shutil.copy(out, dst)
-
-
 def _choose(profile: Profile, precision: str) -> list[str]:
     if precision == "auto":
         cands = [p for p in profile.precisions if p in ONNX_PRECISIONS]
         return cands + (["fp32"] if "fp32" not in cands else [])
     if precision not in ONNX_PRECISIONS:
-        raise UsageError(f"precision {precision!r} is not available for ONNX profiles yet; use one of "
+        raise UsageError(f"precision {precision!r} is not available for ONNX profiles; use one of "
                          f"{', '.join(ONNX_PRECISIONS)} or auto")
     if precision not in profile.precisions:
         raise UsageError(f"profile {profile.id} does not allow precision {precision!r}; it allows "
@@ -116,36 +86,87 @@ def _choose(profile: Profile, precision: str) -> list[str]:
     return [precision]
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _try_candidate(prec: str, prepared: Path, tmp: Path, profile: Profile, calibration: Dataset,
+                   validation: Dataset, reference: Candidate, log: StepLog, *, method: str,
+                   forced: bool, progress) -> tuple[dict, Candidate | None, Path]:
+    path = tmp / f"{prec}.onnx"
+    with log.step(f"build {prec}") as build:
+        try:
+            recipes.build(prec, prepared, path, profile, calibration, method,
+                          tick=lambda done, total: progress(f"{profile.id}: calibrating {done}/{total}"))
+        except recipes.RecipeSkipped as exc:
+            if forced:
+                raise ModelError(f"--precision {prec} does not apply to this model: {exc}") from None
+            build["status"] = f"skipped: {exc}"
+            return {"precision": prec, "passed": False, "skipped": True, "reasons": [str(exc)]}, None, path
+    with log.step(f"validate {prec}"):
+        cand = Candidate.load(prec, path, validation)
+        # time fp32 again right after the candidate, so machine load drifts hit both alike
+        reference.latency_ms = reference.measure_latency(validation)
+        entry = evaluate(cand, reference, validation, profile)
+        verdicts = budget_verdicts(path, profile)
+    entry.update(convert_s=build["seconds"], convert_peak_rss_bytes=build["peak_rss_bytes"], budgets=verdicts,
+                 size_ratio=round(reference.path.stat().st_size / entry["bytes"], 3),
+                 ideal_size_ratio=IDEAL_RATIO[prec])
+    entry["reasons"] = (gate_reasons(entry, profile, allow_slower=prec == "fp32" or forced)
+                        + verdict_reasons(verdicts))
+    entry["passed"] = not entry["reasons"]
+    return entry, cand, path
+
+
 def convert_onnx(src: Path, profile: Profile, out_dir: Path, *, precision: str, calibration: Dataset,
-                 validation: Dataset, progress=lambda msg: None) -> dict:
+                 validation: Dataset, progress=lambda msg: None, input_shapes: dict[str, list[int]] | None = None,
+                 calibration_method: str = "minmax") -> dict:
     """Produce ``out_dir/<profile>/{model.onnx, golden.npz, report.json}``; return the report."""
+    src = Path(src)
     if profile.engine != "onnxruntime":
         raise UsageError(f"profile {profile.id} runs {profile.engine}; this pipeline writes ONNX for onnxruntime")
+    if calibration_method not in recipes.CALIBRATION_METHODS:
+        raise UsageError(f"unknown calibration method {calibration_method!r}; use one of "
+                         f"{', '.join(recipes.CALIBRATION_METHODS)}")
+    wanted = _choose(profile, precision)
     info = inspect_onnx(src)
     check_data(info, calibration, "calibration")
     check_data(info, validation, "validation")
-    source_bytes = src.read_bytes()
+    for name, shape in (input_shapes or {}).items():
+        for what, data in (("calibration", calibration), ("validation", validation)):
+            if name in data.inputs and list(data.inputs[name].shape[1:]) != shape[1:]:
+                raise UsageError(f"{what} samples for {name!r} have shape {list(data.inputs[name].shape[1:])}; "
+                                 f"--input-shape fixes it to {shape} (first axis = batch)",
+                                 hint="Make --input-shape match the data (or resize the data).")
+    log = StepLog(lambda step: progress(f"{profile.id}: {step}"))
     dest = out_dir / profile.id
-    report: dict = {"profile": profile.id, "source": str(src), "source_sha256": hashlib.sha256(source_bytes).hexdigest(),
-                    "source_bytes": len(source_bytes), "inputs": info["inputs"], "outputs": info["outputs"],
-                    "candidates": [], "threads": 1}
+    report: dict = {"profile": profile.id, "source": str(src), "source_sha256": _sha256(src),
+                    "source_bytes": src.stat().st_size, "source_opset": info["opset"], "candidates": [],
+                    "threads": 1, "calibration_method": calibration_method, "calibration_samples": len(calibration),
+                    "validation_samples": len(validation), "steps": log.steps}
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:
         tmp = Path(tmp)
-        reference = Candidate.load("fp32-reference", src, validation)
-        chosen: tuple[Candidate, Path] | None = None
-        for prec in _choose(profile, precision):
-            progress(f"{profile.id}: building {prec}")
-            path = tmp / f"{prec}.onnx"
-            t0 = time.perf_counter()
-            if prec == "fp32":
-                path.write_bytes(source_bytes)
-            else:
-                quantize_static_int8(src, path, calibration)
-            cand = Candidate.load(prec, path, validation)
-            entry = evaluate(cand, reference, validation, profile)
-            entry["convert_s"] = round(time.perf_counter() - t0, 3)
-            entry["reasons"] = gate_reasons(entry, profile, allow_slower=prec == "fp32" or precision != "auto")
-            entry["passed"] = not entry["reasons"]
+        prep = prepare(src, tmp, profile, log, input_shapes=input_shapes,
+                       sample_shapes={k: v.shape for k, v in validation.inputs.items()})
+        import onnx
+
+        prepared_model = onnx.load(str(prep.path), load_external_data=False)
+        check_source(prepared_model, profile)
+        sig = describe(prepared_model)
+        report.update(opset=prep.opset, fixed_input_shapes=prep.fixed_shapes, inputs=sig["inputs"],
+                      outputs=sig["outputs"])
+        with log.step("reference fp32"):
+            reference = Candidate.load("fp32-reference", src, validation)
+        report["reference_latency_ms"] = round(reference.latency_ms, 4)
+        chosen = None
+        for prec in wanted:
+            entry, cand, path = _try_candidate(prec, prep.path, tmp, profile, calibration, validation, reference, log,
+                                               method=calibration_method, forced=precision != "auto",
+                                               progress=progress)
             report["candidates"].append(entry)
             if entry["passed"]:
                 chosen = (cand, path)
@@ -155,15 +176,22 @@ def convert_onnx(src: Path, profile: Profile, out_dir: Path, *, precision: str, 
             raise ParityError(f"no artifact for {profile.id} passed the parity gate: " + "; ".join(last["reasons"]),
                               report=report["candidates"])
         cand, path = chosen
-        remove_tree(dest)
-        dest.mkdir(parents=True)
-        shutil.copy(path, dest / "model.onnx")
         k = profile.validation["golden_vectors"]
-        gold_in = {n: v[:k] for n, v in validation.inputs.items()}
-        atomic_write_bytes(dest / "golden.npz", parity.save_golden(gold_in, {n: v[:k] for n, v in cand.outputs.items()}))
-    report.update(precision=cand.name, artifact="model.onnx", artifact_bytes=(dest / "model.onnx").stat().st_size,
-                  artifact_sha256=hashlib.sha256((dest / "model.onnx").read_bytes()).hexdigest(),
-                  engine="onnxruntime", format="onnx", golden_vectors=k)
-    report["size_ratio"] = round(report["source_bytes"] / report["artifact_bytes"], 3)
-    atomic_write_json(dest / "report.json", report)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{profile.id}.partial-", dir=out_dir))
+        try:
+            shutil.copy(path, stage / "model.onnx")
+            gold_in = {n: v[:k] for n, v in validation.inputs.items()}
+            atomic_write_bytes(stage / "golden.npz",
+                               parity.save_golden(gold_in, {n: v[:k] for n, v in cand.outputs.items()}))
+            report.update(precision=cand.name, artifact="model.onnx", artifact_bytes=(stage / "model.onnx").stat().st_size,
+                          artifact_sha256=_sha256(stage / "model.onnx"), engine="onnxruntime", format="onnx",
+                          golden_vectors=k)
+            report["size_ratio"] = round(report["source_bytes"] / report["artifact_bytes"], 3)
+            atomic_write_json(stage / "report.json", report)
+            remove_tree(dest)
+            os.replace(stage, dest)
+        except BaseException:
+            remove_tree(stage)
+            raise
     return report

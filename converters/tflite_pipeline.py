@@ -40,6 +40,7 @@ from edgekit.core.profiles import Profile
 from .data import Dataset
 from .gate import LATENCY_RUNS, Candidate, evaluate, gate_reasons
 from .onnx_pipeline import check_data, inspect_onnx
+from .steps import StepLog
 
 TFLITE_ENGINES = ("tflite", "tflite-micro")
 # profile precision -> (converter precision, int8 inputs/outputs)
@@ -177,24 +178,30 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
     shapes = {s["name"]: [1, *validation.inputs[s["name"]].shape[1:]] for s in info["inputs"]}
     source_bytes = src.read_bytes()
     dest = out_dir / profile.id
+    log = StepLog(lambda step: progress(f"{profile.id}: {step}"))
     report: dict = {"profile": profile.id, "source": str(src), "source_sha256": hashlib.sha256(source_bytes).hexdigest(),
-                    "source_bytes": len(source_bytes), "candidates": [], "threads": 1, "io_layout": io_layout}
+                    "source_bytes": len(source_bytes), "source_opset": info["opset"], "opset": info["opset"],
+                    "candidates": [], "threads": 1, "io_layout": io_layout, "fixed_input_shapes": shapes,
+                    "calibration_method": "minmax", "calibration_samples": len(calibration),
+                    "validation_samples": len(validation), "steps": log.steps}
     with tempfile.TemporaryDirectory(prefix="edgekit-tflite-") as tmp:
         tmp = Path(tmp)
-        reference = Candidate.load("fp32-reference", src, validation)
+        with log.step("reference fp32 (onnxruntime)"):
+            reference = Candidate.load("fp32-reference", src, validation)
+        report["reference_latency_ms"] = round(reference.latency_ms, 4)
         built: dict[str, tuple[TfliteCandidate, dict, float]] = {}
 
         def build(prec: str) -> tuple[TfliteCandidate, dict, float]:
             if prec not in built:
-                progress(f"{profile.id}: building {prec}")
                 kind, int8_io = RECIPES[prec]
                 path = tmp / f"{prec}.tflite"
-                t0 = time.perf_counter()
-                conv = convert_onnx_to_tflite(src, path, precision=kind, io_layout=io_layout, input_shapes=shapes,
-                                              calibration=calibration.inputs if kind == "int8-full" else None,
-                                              int8_io=int8_io)
-                convert_s = time.perf_counter() - t0
-                built[prec] = (TfliteCandidate.load(prec, path, validation, io_layout), conv, convert_s)
+                with log.step(f"build {prec}") as step:
+                    conv = convert_onnx_to_tflite(src, path, precision=kind, io_layout=io_layout, input_shapes=shapes,
+                                                  calibration=calibration.inputs if kind == "int8-full" else None,
+                                                  int8_io=int8_io)
+                with log.step(f"validate {prec}"):
+                    cand = TfliteCandidate.load(prec, path, validation, io_layout)
+                built[prec] = (cand, conv, step["seconds"])
             return built[prec]
 
         baseline = build("fp32")[0]     # the latency baseline, measured in the same run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -9,58 +10,98 @@ import click
 from .common import emit_json, json_option, keys_option, pki_option, registry_option, run_guarded, table
 
 
-@click.command("convert")
+CONVERT_HELP = """Convert MODEL (.onnx, or .pt/.pth with the torch extra) for each --profile, prove parity, write OUT/<profile>/.
+
+\b
+Each folder holds the artifact, golden vectors and report.json: size and its ratio to the
+ideal (4x for int8), latency vs fp32 (same run, 1 thread), parity (cosine, max error, top-1,
+accuracy drop with labels), budget verdicts (size, estimated peak memory, ops) and the time
+and peak memory of each step. An artifact that fails the profile's budgets is never written.
+Profiles whose engine is tflite / tflite-micro get a .tflite written without TensorFlow
+(fp32, fp16, int8-dynamic, int8-static = integer kernels with float I/O, int8-full = int8 I/O).
+
+\b
+Examples:
+  edgekit convert model.onnx -p raspberry-pi-4 --calibration cal.npz --validation val.npz
+  edgekit convert yolo.onnx -p x86-64-gateway --input-shape images:1,3,320,320 \\
+      --calibration imgs/ --validation val_imgs/ --preprocess resize=320x320,scale=1/255,layout=NCHW
+  edgekit convert model.onnx -p jetson-orin-nano --precision fp16 --calibration cal.npz --validation val.npz
+  edgekit convert model.onnx -p x86-64-gateway --precision int8-static --calibration-method percentile ...
+"""
+
+
+@click.command("convert", help=CONVERT_HELP)
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--profile", "-p", "profile_ids", multiple=True, required=True,
-              help="Target hardware profile id (repeatable). See `edgekit profiles list`.")
+              help="Target hardware profile id or TOML file (repeatable). See `edgekit profiles list`.")
 @click.option("--calibration", type=click.Path(exists=True, path_type=Path), required=True,
-              help="Calibration data: .npz (arrays named after the inputs, or 'input'), .npy, or a folder of .npy.")
+              help="Calibration data: .npz (arrays named after the inputs, or 'input'), .npy, a folder of .npy, "
+                   "or a folder of images (with --preprocess).")
 @click.option("--validation", type=click.Path(exists=True, path_type=Path), required=True,
               help="Validation data (same formats; an optional 'label' array enables the accuracy check).")
 @click.option("--precision", default="auto", show_default=True,
               type=click.Choice(["auto", "fp32", "fp16", "int8-dynamic", "int8-static", "int8-full"]),
-              help="auto = the profile's preferred precision that passes the parity gate and is not slower.")
+              help="auto = the profile's preferred precision that passes the parity gate and is not slower than "
+                   "fp32; a forced precision that fails exits non-zero with the numbers.")
+@click.option("--calibration-method", default="minmax", show_default=True,
+              type=click.Choice(["minmax", "entropy", "percentile"]), help="Activation range calibration (int8-static).")
+@click.option("--input-shape", "input_shape_specs", multiple=True, metavar="NAME:D1,D2,...",
+              help="Fix a dynamic input shape, e.g. images:1,3,640,640 (repeatable). Profiles that need static "
+                   "shapes get them from the validation data otherwise.")
+@click.option("--preprocess", default=None, metavar="SPEC",
+              help="How to turn image folders into inputs: resize=WxH,scale=1/255,mean=a/b/c,std=a/b/c,"
+                   "layout=NCHW|NHWC,color=RGB|BGR|L.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True)
 @click.option("--max-samples", default=1000, show_default=True, help="Cap on calibration/validation samples.")
 @json_option
 def convert(model: Path, profile_ids: tuple[str, ...], calibration: Path, validation: Path, precision: str,
-            out: Path, max_samples: int, as_json: bool) -> None:
-    """Convert MODEL (.onnx) for each --profile, prove parity on --validation, write OUT/<profile>/.
-
-    Each folder holds the artifact, golden vectors and report.json (size, latency vs fp32,
-    parity, accuracy). An artifact that fails the profile's budgets is never written.
-    Profiles whose engine is tflite / tflite-micro get a .tflite written without TensorFlow
-    (fp32, fp16, int8-static = integer kernels with float I/O, int8-full = int8 I/O).
-    """
+            calibration_method: str, input_shape_specs: tuple[str, ...], preprocess: str | None, out: Path,
+            max_samples: int, as_json: bool) -> None:
     def body():
+        import tempfile
+
         from converters.data import load_dataset
         from converters.onnx_pipeline import convert_onnx, inspect_onnx
         from converters.tflite_pipeline import TFLITE_ENGINES, convert_tflite
+        from converters.preprocess import parse_input_shapes
+        from converters.torch_export import export_torch, is_torch_file
         from edgekit.core.profiles import load_profile
 
+        from .convert_view import render
+
         profiles = [load_profile(p) for p in profile_ids]
-        names = [i["name"] for i in inspect_onnx(model)["inputs"]]
-        cal, val = load_dataset(calibration, names, max_samples), load_dataset(validation, names, max_samples)
-        reports = []
-        with click.progressbar(profiles, label="converting", hidden=as_json,
-                               item_show_func=lambda p: p.id if p else "") as bar:
-            for p in bar:
-                pipeline = convert_tflite if p.engine in TFLITE_ENGINES else convert_onnx
-                reports.append(pipeline(model, p, out, precision=precision, calibration=cal, validation=val))
+        shapes = parse_input_shapes(input_shape_specs)
+        def say(msg: str) -> None:  # step names on their own line; "calibrating i/n" redrawn in place
+            if as_json:
+                return
+            done, _, total = msg.rpartition(" ")[2].partition("/")
+            if "calibrating" in msg and done.isdigit():
+                if sys.stderr.isatty():      # redraw in place on a terminal; logs get the final count only
+                    click.echo(f"\r  {msg}", nl=done == total, err=True)
+                elif done == total:
+                    click.echo(f"  {msg}", err=True)
+            else:
+                click.echo(f"  {msg}", err=True)
+        with tempfile.TemporaryDirectory(prefix="edgekit-export-") as tmp:
+            src = export_torch(model, Path(tmp), shapes) if is_torch_file(model) else model
+            names = [i["name"] for i in inspect_onnx(src)["inputs"]]
+            cal = load_dataset(calibration, names, max_samples, preprocess)
+            val = load_dataset(validation, names, max_samples, preprocess)
+            reports = []
+            with click.progressbar(profiles, label="converting", hidden=as_json, file=sys.stderr,
+                                   item_show_func=lambda p: p.id if p else "") as bar:
+                for p in bar:
+                    if p.engine in TFLITE_ENGINES:
+                        reports.append(convert_tflite(src, p, out, precision=precision, calibration=cal,
+                                                      validation=val, progress=say))
+                    else:
+                        reports.append(convert_onnx(src, p, out, precision=precision, calibration=cal,
+                                                    validation=val, progress=say, input_shapes=shapes,
+                                                    calibration_method=calibration_method))
         if as_json:
             return emit_json(reports)
-        rows = []
         for r in reports:
-            c = next(c for c in r["candidates"] if c["precision"] == r["precision"])
-            first = next(iter(c["outputs"].values()))
-            rows.append({"profile": r["profile"], "precision": r["precision"], "bytes": r["artifact_bytes"],
-                         "x_smaller": r["size_ratio"], "speedup": c["speedup"],
-                         "cosine": f"{first['cosine']:.5f}", "top1": first["top1_agreement"],
-                         "acc_drop": c.get("accuracy_drop"),
-                         "dropped": "; ".join(f"{d['precision']}: {', '.join(d['reasons'])}"
-                                              for d in r["candidates"] if not d["passed"])})
-        click.echo(table(rows, ["profile", "precision", "bytes", "x_smaller", "speedup", "cosine", "top1",
-                                "acc_drop", "dropped"]))
+            click.echo(render(r) + "\n")
         click.echo(f"artifacts in {out}/<profile>/ — next: edgekit release {out}/{reports[0]['profile']} "
                    f"--name NAME --version X.Y.Z")
     run_guarded(body, as_json)

@@ -1,0 +1,62 @@
+"""Readable tables for ``edgekit convert`` reports (the JSON report is the source of truth)."""
+
+from __future__ import annotations
+
+from .common import table
+
+MB = 1024 * 1024
+
+
+def _mb(n) -> str:
+    return "-" if n is None else f"{n / MB:.2f}"
+
+
+def _peak(c: dict) -> str:
+    """Estimated peak memory vs budget: ONNX reports carry budgets.peak_memory, TFLite ones memory."""
+    mem = c.get("budgets", {}).get("peak_memory")
+    if mem:
+        return f"{_mb(mem['peak_bytes'])}/{_mb(mem['budget'])}" + ("" if mem["complete"] else "?")
+    return _mb(c.get("memory", {}).get("peak_memory_bytes"))
+
+
+def candidates_table(report: dict) -> str:
+    rows = []
+    for c in report["candidates"]:
+        if c.get("skipped"):
+            rows.append({"precision": c["precision"], "verdict": "skipped", "why": "; ".join(c["reasons"])})
+            continue
+        outs = list(c["outputs"].values())
+        ratio = c.get("size_ratio", report["source_bytes"] / max(c["bytes"], 1))
+        ideal = f" / {c['ideal_size_ratio']:.0f}" if "ideal_size_ratio" in c else ""
+        rows.append({
+            "precision": c["precision"], "MB": _mb(c["bytes"]),
+            "x_smaller": f"{ratio:.2f}{ideal}",
+            "ms": f"{c['latency_ms']:.2f}", "x_faster": f"{c['speedup']:.2f}",
+            "cosine": f"{min(o['cosine'] for o in outs):.4f}",
+            "rel_err": f"{max(o['relative_max_diff'] for o in outs):.3g}",
+            "acc_drop": c.get("accuracy_drop"),
+            "peak_MB": _peak(c),
+            "verdict": "chosen" if c["precision"] == report.get("precision") else ("ok" if c["passed"] else "dropped"),
+            "why": "; ".join(c["reasons"]),
+        })
+    return table(rows, ["precision", "MB", "x_smaller", "ms", "x_faster", "cosine", "rel_err", "acc_drop",
+                        "peak_MB", "verdict", "why"])
+
+
+def steps_table(report: dict) -> str:
+    rows = [{"step": s["step"], "seconds": s["seconds"], "peak_rss_MB": _mb(s["peak_rss_bytes"]),
+             "status": s.get("status", "")} for s in report.get("steps", [])]
+    return table(rows, ["step", "seconds", "peak_rss_MB", "status"])
+
+
+def render(report: dict) -> str:
+    ref_ms = report.get("reference_latency_ms", report["candidates"][0].get("reference_latency_ms", 0.0))
+    head = (f"== {report['profile']}: {report['precision']} → {report['artifact']} "
+            f"({_mb(report['artifact_bytes'])} MB, {report['size_ratio']:.2f}x smaller than the source; "
+            f"fp32 reference {ref_ms:.2f} ms, 1 thread)")
+    fixed = report.get("fixed_input_shapes")
+    extra = f"\nfixed input shapes: {fixed}" if fixed else ""
+    parts = [head + extra, candidates_table(report)]
+    if report.get("steps"):
+        parts += ["", steps_table(report)]
+    return "\n".join(parts)
