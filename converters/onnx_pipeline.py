@@ -161,6 +161,8 @@ def convert_onnx(src: Path, profile: Profile, out_dir: Path, *, precision: str, 
         k = profile.validation["golden_vectors"]
         gold_in = {n: v[:k] for n, v in validation.inputs.items()}
         atomic_write_bytes(dest / "golden.npz", parity.save_golden(gold_in, {n: v[:k] for n, v in cand.outputs.items()}))
+        from edgekit.core import drift  # reference distribution for on-device drift (shipped in the bundle)
+        atomic_write_json(dest / drift.MEMBER, drift.reference(validation.inputs, cand.outputs))
     report.update(precision=cand.name, artifact="model.onnx", artifact_bytes=(dest / "model.onnx").stat().st_size,
                   artifact_sha256=hashlib.sha256((dest / "model.onnx").read_bytes()).hexdigest(),
                   engine="onnxruntime", format="onnx", golden_vectors=k)

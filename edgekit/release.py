@@ -61,6 +61,8 @@ def release_artifact(artifact_dir: Path, store: KeyStore, out_dir: Path, *, name
         manifest["artifact"]: (artifact_dir / manifest["artifact"]).read_bytes(),
         bundle.GOLDEN_MEMBER: (artifact_dir / "golden.npz").read_bytes(),
     }
+    if (artifact_dir / bundle.DRIFT_MEMBER).exists():  # optional, signed like every member
+        members[bundle.DRIFT_MEMBER] = (artifact_dir / bundle.DRIFT_MEMBER).read_bytes()
     md = trust.build_targets(members, version=manifest["model"]["release"], expires=trust.utc_in(expiry_days),
                              custom={bundle.MANIFEST_MEMBER: bundle.signed_custom(manifest)})
     trust.sign(md, store.signers("targets"))

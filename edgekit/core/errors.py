@@ -27,6 +27,7 @@ Tree::
     ├── TransportError                exit 6   broker / HTTP / download failure
     │   └── TimeoutError_                      no answer in time (silence counts as failure)
     ├── InstallError                  exit 7   install / health check / switch failed (rolled back)
+    │   └── HealthTimeoutError                 the health check's inference hung past its deadline
     ├── StorageError                  exit 8   disk full, unwritable data dir
     └── MessageError                  exit 9   a malformed MQTT message / notice
 """
@@ -147,6 +148,12 @@ class InstallError(EdgekitError):
     exit_code = 7
 
 
+class HealthTimeoutError(InstallError):
+    code = "health_timeout"
+    default_hint = ("The model's inference did not finish in time on this device (hung or far too slow); "
+                    "check it on the bench with `edgekit-agent install` or raise [install] health_timeout_s.")
+
+
 class StorageError(EdgekitError):
     code = "storage"
     exit_code = 8
@@ -165,3 +172,12 @@ def _all_subclasses(cls: type) -> list[type]:
 def exit_code_for(code: str) -> int:
     """The exit code of the error class whose ``code`` is ``code`` (for errors carried as dicts)."""
     return next((c.exit_code for c in _all_subclasses(EdgekitError) if c.code == code), EdgekitError.exit_code)
+
+
+def error_from_dict(d: dict[str, Any]) -> EdgekitError:
+    """Rebuild an error carried as ``to_dict()`` JSON (an event, an HTTP answer) as its own class."""
+    code = d.get("code", "error")
+    cls = next((c for c in _all_subclasses(EdgekitError) if c.code == code), EdgekitError)
+    err = cls(d.get("message", code), hint=d.get("hint"), **(d.get("details") or {}))
+    err.code = code
+    return err
