@@ -13,8 +13,15 @@ Example::
     identity = "."                      # TLS: folder with cert.pem, key.pem, ca.pem (edgekit device enroll)
     [telemetry]
     interval_s = 30
+    spool_bytes = 1048576               # disk spool for telemetry while the broker is unreachable
+    drift_every = 10                    # sketch every Nth inference for drift (bundles with drift.json)
     [inference]
-    threads = 0                         # 0 = the profile's default
+    threads = 0                         # 0 = the profile's default (capped at the CPUs available)
+    [endpoint]                          # optional: local inference for other processes (agent/endpoint.py)
+    port = 8765                         # HTTP on 127.0.0.1 (0 = any free port; omit = no TCP endpoint)
+    socket = "/run/edgekit/infer.sock"  # HTTP over a Unix socket (omit = none)
+    [streaming]                         # optional: infer on sensor topics, publish predictions
+    streams = ["cam0"]                  # .../sensors/cam0 -> .../predictions/cam0
 """
 
 from __future__ import annotations
@@ -35,9 +42,14 @@ SCHEMA = {
     "trusted_root": (str, True, None),
     "mqtt": {"host": (str, True, None), "port": (int, True, positive), "keepalive_s": (int, False, positive),
              "identity": (str, False, None)},
-    "telemetry": {"interval_s": ((int, float), False, positive)},
+    "telemetry": {"interval_s": ((int, float), False, positive), "spool_bytes": (int, False, positive),
+                  "drift_every": (int, False, positive)},
     "inference": {"threads": (int, False, non_negative)},
-    "install": {"allow_expired": (bool, False, None), "health_runs": (int, False, positive)},
+    "install": {"allow_expired": (bool, False, None), "health_runs": (int, False, positive),
+                "health_timeout_s": ((int, float), False, positive)},
+    "endpoint": {"port": (int, False, non_negative), "socket": (str, False, None)},
+    "streaming": {"streams": (list, False, lambda v: None if all(isinstance(x, str) and NAME_RE.fullmatch(x)
+                                                               for x in v) else "must be a list of stream names")},
 }
 
 
@@ -56,6 +68,12 @@ class AgentConfig:
     allow_expired: bool = False
     health_runs: int = 20
     tls_identity: Path | None = None      # folder with cert.pem/key.pem/ca.pem; None = plain MQTT
+    health_timeout_s: float = 60.0
+    spool_bytes: int = 1 << 20
+    drift_every: int = 10
+    endpoint_port: int | None = None       # None = no TCP endpoint
+    endpoint_socket: Path | None = None    # None = no Unix socket endpoint
+    streams: list[str] = field(default_factory=list)  # streaming mode: sensor streams to infer on
     path: Path | None = field(default=None, repr=False)
 
     @property
@@ -72,19 +90,25 @@ def load_config(path: str | Path) -> AgentConfig:
         raise ConfigError(f"agent config not found: {path}", hint="Pass --config PATH to a TOML file.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    errors = validate(raw, SCHEMA, optional_sections=frozenset({"mqtt", "telemetry", "inference", "install"}))
+    errors = validate(raw, SCHEMA, optional_sections=frozenset({"mqtt", "telemetry", "inference", "install",
+                                                                "endpoint", "streaming"}))
     if errors:
         raise ConfigError(f"{path}: invalid agent config:\n  - " + "\n  - ".join(errors), errors=errors)
     base = path.parent
-    mqtt, tel, inf, ins = (raw.get(k, {}) for k in ("mqtt", "telemetry", "inference", "install"))
+    mqtt, tel, inf, ins, ep = (raw.get(k, {}) for k in ("mqtt", "telemetry", "inference", "install", "endpoint"))
     return AgentConfig(
         device_id=raw["device_id"], fleet=raw.get("fleet", "default"), profile=raw["profile"],
         data_dir=(base / raw["data_dir"]).resolve(), trusted_root=(base / raw["trusted_root"]).resolve(),
         mqtt_host=mqtt.get("host", "127.0.0.1"), mqtt_port=mqtt.get("port", 1883),
         keepalive_s=mqtt.get("keepalive_s", 30), telemetry_interval_s=float(tel.get("interval_s", 30)),
         threads=inf.get("threads", 0), allow_expired=ins.get("allow_expired", False),
-        health_runs=ins.get("health_runs", 20), path=path,
+        health_runs=ins.get("health_runs", 20), health_timeout_s=float(ins.get("health_timeout_s", 60.0)),
+        spool_bytes=tel.get("spool_bytes", 1 << 20), drift_every=tel.get("drift_every", 10),
+        endpoint_port=ep.get("port"),
+        endpoint_socket=(base / ep["socket"]).resolve() if ep.get("socket") else None,
+        streams=list(raw.get("streaming", {}).get("streams", [])),
         tls_identity=(base / mqtt["identity"]).resolve() if mqtt.get("identity") else None,
+        path=path,
     )
 
 

@@ -9,11 +9,17 @@ the deployment fails instead of looping. The serving slot is never written: a fa
 point leaves the previous model serving (after the switch, a failure switches back).
 
 Every transition is reported through ``emit(state, ok, details, error, deployment_id)``.
+
+The health check runs in a worker thread with a deadline (``health_timeout_s``): a run that hangs
+is cancelled (onnxruntime's terminate flag) or, for engines that cannot cancel, abandoned, and
+the install fails with :class:`HealthTimeoutError`. The session it built is handed to
+``on_commit`` so serving reuses it instead of loading the model a second time.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,11 +29,11 @@ import numpy as np
 
 from edgekit.core import parity
 from edgekit.core.atomic import atomic_write_json, ensure_free_space, read_json, remove_tree
-from edgekit.core.errors import (BundleError, CompatibilityError, EdgekitError, InstallError, ParityError,
-                                 RollbackError)
+from edgekit.core.errors import (BundleError, CompatibilityError, EdgekitError, HealthTimeoutError, InstallError,
+                                 ParityError, RollbackError)
 from edgekit.core.profiles import Profile
 
-from .runtime import Runner, available_engines, load_runner
+from .runtime import Runner, available_engines, load_runner, serving_threads
 from .slots import Slots
 
 TRANSITIONS: dict[tuple[str, str], str] = {
@@ -47,9 +53,13 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 }
 TERMINAL = ("committed", "failed", "rolled_back", "already_installed")
 MAX_ATTEMPTS = 3
+# Test-only crash hook: "STATE" kills this process with SIGKILL right after STATE was persisted,
+# "STATE+" right after its handler's side effect. Unset in production (tests/test_agent_crash.py).
+CRASH_ENV = "EDGEKIT_TEST_KILL_AT"
 AGENT_BUILD_TIME = 1795600000.0  # a floor for the clock of devices without an RTC (2026-11)
 
 Emit = Callable[[str, bool, dict, "EdgekitError | None", "str | None"], None]
+OnCommit = Callable[[Path, dict, "Runner | None"], None]  # (slot dir, manifest, checked runner or None)
 
 
 @dataclass
@@ -78,11 +88,14 @@ class InstallRecord:
 class Installer:
     def __init__(self, data_dir: Path, profile: Profile, trusted_root: Path, emit: Emit, *,
                  threads: int = 0, allow_expired: bool = False, health_runs: int = 20,
-                 on_commit: Callable[[Path, dict], None] | None = None, device_id: str | None = None,
+                 health_timeout_s: float = 60.0, on_commit: OnCommit | None = None, device_id: str | None = None,
                  device_key: Path | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.profile, self.trusted_root, self.emit = profile, trusted_root, emit
         self.threads, self.allow_expired, self.health_runs = threads, allow_expired, health_runs
+        self.health_timeout_s = health_timeout_s
+        self._checked: tuple[str, Runner] | None = None  # (slot, runner) that passed the health check
+        self._sync: threading.Thread | None = None  # background fsync of a staged slot
         self.on_commit = on_commit
         self.slots = Slots(self.data_dir)
         self.state_path = self.data_dir / "state.json"
@@ -132,9 +145,11 @@ class Installer:
     def _drive(self, rec: InstallRecord) -> InstallRecord:
         while rec.state not in TERMINAL:
             self._save(rec)  # persist *before* the side effect
+            _crash_point(rec.state)
             self.emit(rec.state, True, dict(rec.details), None, rec.request.deployment_id)
             try:
                 outcome, err = self.handlers[rec.state](rec) or "ok", None
+                _crash_point(rec.state + "+")
             except EdgekitError as exc:
                 outcome, err = "fail", exc
             except Exception as exc:  # a bug or an unexpected library error: never leave a half state
@@ -219,23 +234,59 @@ class Installer:
         else:
             self.slots.fill(slot, extracted)
         rec.slot = slot
+        # flush the slot to disk while the health check runs; _switch waits for it
+        self._sync = threading.Thread(target=self.slots.sync, args=(slot,), name="slot-sync", daemon=True)
+        self._sync.start()
 
     def _health_check(self, rec: InstallRecord) -> None:
+        self._checked = None
         slot_dir = self.slots.path(rec.slot)
         manifest = self.slots.manifest(rec.slot)
-        runner = load_runner(slot_dir / manifest["artifact"], manifest["engine"], self.threads or self.profile.threads)
-        report = health_check(runner, slot_dir / manifest["golden"]["file"], manifest, self.health_runs)
+        box: dict = {}
+
+        def work() -> None:  # load + golden vectors + latency + memory, abandoned past the deadline
+            try:
+                rss0 = current_rss()
+                box["runner"] = load_runner(slot_dir / manifest["artifact"], manifest["engine"],
+                                            serving_threads(self.threads, self.profile.threads))
+                box["report"] = health_check(box["runner"], slot_dir / manifest["golden"]["file"], manifest,
+                                             self.health_runs, rss_before=rss0)
+            except BaseException as exc:  # re-raised in the state machine's thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=work, name="health-check", daemon=True)
+        worker.start()
+        worker.join(self.health_timeout_s)
+        if worker.is_alive():
+            runner = box.get("runner")
+            cancelled = bool(runner and runner.cancel())
+            worker.join(2.0)  # a cancelled run unwinds quickly
+            raise HealthTimeoutError(
+                f"health check did not finish within {self.health_timeout_s:g} s "
+                f"({'inference hung' if runner else 'model load hung'}; "
+                f"{'run cancelled' if cancelled else 'worker abandoned'})",
+                timeout_s=self.health_timeout_s, cancelled=cancelled, abandoned=worker.is_alive())
+        if "error" in box:
+            raise box["error"]
+        report = box["report"]
         rec.details["health"] = report
         if report["failures"]:
             raise ParityError("health check failed: " + "; ".join(report["failures"]), health=report)
+        self._checked = (rec.slot, box["runner"])
 
     def _switch(self, rec: InstallRecord) -> None:
+        if self._sync is not None:
+            self._sync.join()
+            self._sync = None
+        self.slots.sync(rec.slot)  # durable before current points at it (cheap if the thread did it)
         manifest = self.slots.manifest(rec.slot)
         self.slots.switch(rec.slot, {"model": manifest["model"]["name"], "version": manifest["model"]["version"],
                                      "release": manifest["model"]["release"], "deployment_id": rec.request.deployment_id,
                                      "installed_at": time.time()})
         if self.on_commit:
-            self.on_commit(self.slots.path(rec.slot), manifest)
+            checked = self._checked[1] if self._checked and self._checked[0] == rec.slot else None
+            self.on_commit(self.slots.path(rec.slot), manifest, checked)
+        self._checked = None
         if rec.request.bundle_path and rec.request.url:
             Path(rec.request.bundle_path).unlink(missing_ok=True)
 
@@ -246,7 +297,14 @@ class Installer:
             self.slots.switch(prev, {"model": m["model"]["name"], "version": m["model"]["version"],
                                      "release": m["model"]["release"], "installed_at": time.time()})
             if self.on_commit:
-                self.on_commit(self.slots.path(prev), m)
+                self.on_commit(self.slots.path(prev), m, None)
+
+
+def _crash_point(name: str) -> None:
+    if os.environ.get(CRASH_ENV) == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _error_from(d: dict | None) -> EdgekitError | None:
@@ -257,13 +315,24 @@ def _error_from(d: dict | None) -> EdgekitError | None:
     return err
 
 
-def health_check(runner: Runner, golden_path: Path, manifest: dict, runs: int) -> dict:
-    """Golden-vector parity + latency budget, measured one sample at a time as the device serves."""
+def current_rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def health_check(runner: Runner, golden_path: Path, manifest: dict, runs: int, rss_before: int | None = None) -> dict:
+    """Golden-vector parity + latency budget + memory budget, one sample at a time as the device serves.
+
+    Memory: RSS growth of this process from ``rss_before`` (taken before the model was loaded) to the
+    highest sample after the load and after each golden run, against ``max_peak_memory_bytes``.
+    """
     inputs, expected = parity.load_golden(golden_path)
     g = manifest["golden"]
     n = min(len(v) for v in inputs.values())
     outputs: dict[str, list] = {name: [] for name in expected}
     lat: list[float] = []
+    peak = current_rss() if rss_before is not None else 0
     for i in range(max(n, 1)):
         sample = {k: v[i:i + 1] for k, v in inputs.items()}
         t0 = time.perf_counter()
@@ -271,6 +340,8 @@ def health_check(runner: Runner, golden_path: Path, manifest: dict, runs: int) -
         lat.append((time.perf_counter() - t0) * 1000)
         for name in expected:
             outputs[name].append(out[name])
+        if rss_before is not None:
+            peak = max(peak, current_rss())
     sample = {k: v[:1] for k, v in inputs.items()}
     for _ in range(max(runs - n, 0)):
         t0 = time.perf_counter()
@@ -292,5 +363,12 @@ def health_check(runner: Runner, golden_path: Path, manifest: dict, runs: int) -
     budget = manifest["budgets"].get("latency_p95_ms")
     if budget and p95 > budget:
         failures.append(f"latency p95 {p95:.2f} ms exceeds the budget of {budget} ms")
-    return {"golden": n, "metrics": metrics, "latency_p50_ms": round(p50, 4), "latency_p95_ms": round(p95, 4),
-            "failures": failures}
+    report = {"golden": n, "metrics": metrics, "latency_p50_ms": round(p50, 4), "latency_p95_ms": round(p95, 4)}
+    if rss_before is not None:
+        growth = max(peak - rss_before, 0)
+        report["memory_growth_bytes"] = growth
+        mem_budget = manifest["budgets"].get("max_peak_memory_bytes")
+        if mem_budget and growth > mem_budget:
+            failures.append(f"memory: loading and running the model grew the agent's RSS by {growth} bytes; "
+                            f"the budget is {mem_budget} bytes")
+    return {**report, "failures": failures}

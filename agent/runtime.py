@@ -19,6 +19,10 @@ class Runner(Protocol):
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
+    def cancel(self) -> bool:
+        """Abort runs in flight (and every later one); False if the engine cannot."""
+        ...
+
 
 def available_engines() -> tuple[str, ...]:
     import importlib.util
@@ -48,13 +52,18 @@ class OnnxRunner:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._run = self.session.run
+        self._run_options = ort.RunOptions()  # its terminate flag aborts a run in flight
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            outs = self._run(self.output_names, inputs)
+            outs = self._run(self.output_names, inputs, self._run_options)
         except Exception as exc:
             raise ModelError(f"inference failed: {exc}") from None
         return dict(zip(self.output_names, outs))
+
+    def cancel(self) -> bool:
+        self._run_options.terminate = True
+        return True
 
 
 class TfliteRunner:
@@ -119,6 +128,23 @@ class TfliteRunner:
             return {d["name"]: self.interp.get_tensor(d["index"]).copy() for d in self._out}
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"inference failed: {exc}") from None
+
+    def cancel(self) -> bool:
+        return False  # the TFLite interpreter has no cancellation: a hung invoke() is abandoned
+
+
+def serving_threads(configured: int, profile_default: int) -> int:
+    """Threads for inference: the config's explicit value, else the profile's default capped at
+    the CPUs this process may use (a 4-thread profile on a 2-CPU box only oversubscribes)."""
+    if configured:
+        return configured
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(profile_default, cpus)) if profile_default else 0
 
 
 def load_runner(path: Path, engine: str, threads: int = 0) -> Runner:

@@ -19,15 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core import messages, tensors, topics
+from edgekit.core.drift import Sketch
 from edgekit.core.atomic import atomic_write_json, read_json
-from edgekit.core.errors import EdgekitError, ModelError
+from edgekit.core.errors import BundleError, EdgekitError, MessageError, ModelError
 from edgekit.core.mqtt import MqttConnection, TlsFiles, Will, reply
 from edgekit.core.profiles import load_profile
 
 from . import __version__
 from .config import AgentConfig
 from .installer import InstallRequest, Installer
-from .runtime import Runner, load_runner
+from .runtime import Runner, load_runner, serving_threads
+from .spool import Spool
 from .telemetry import InferenceStats, health
 
 
@@ -40,24 +42,31 @@ class Agent:
         self._lock = threading.RLock()
         self.runner: Runner | None = None
         self.manifest: dict | None = None
+        self.drift: Sketch | None = None  # drift sketch when the serving bundle ships drift.json
         self.conn: MqttConnection | None = None
         self._seq = 0            # events
         self._telemetry_seq = 0
         self._deployments: queue.Queue[InstallRequest | None] = queue.Queue()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="infer")
         self._stop = threading.Event()
+        self.endpoint = None  # agent.endpoint.LocalEndpoint when [endpoint] is configured
+        self.spool = Spool(cfg.data_dir / "spool", cfg.spool_bytes)  # telemetry waits here for its PUBACK
+        self._wake = threading.Event()  # set on append and on (re)connect: the sender flushes the spool
         self.installer = Installer(cfg.data_dir, self.profile, cfg.trusted_root, self._emit,
                                    threads=cfg.threads, allow_expired=cfg.allow_expired,
-                                   health_runs=cfg.health_runs, on_commit=self._load_model,
-                                   device_id=cfg.device_id, device_key=cfg.device_key)
+                                   health_runs=cfg.health_runs, health_timeout_s=cfg.health_timeout_s,
+                                   on_commit=self._load_model, device_id=cfg.device_id, device_key=cfg.device_key)
         self.session = self._next_session()
 
     # -- model serving ---------------------------------------------------------------------
-    def _load_model(self, slot_dir: Path, manifest: dict) -> None:
-        runner = load_runner(slot_dir / manifest["artifact"], manifest["engine"],
-                             self.cfg.threads or self.profile.threads)
+    def _load_model(self, slot_dir: Path, manifest: dict, runner: Runner | None = None) -> None:
+        """Serve ``manifest``'s model; ``runner`` is the session the health check built, if any."""
+        if runner is None:
+            runner = load_runner(slot_dir / manifest["artifact"], manifest["engine"],
+                                 serving_threads(self.cfg.threads, self.profile.threads))
+        sketch = load_drift(slot_dir)
         with self._lock:
-            self.runner, self.manifest = runner, manifest
+            self.runner, self.manifest, self.drift = runner, manifest, sketch
 
     def load_current(self) -> None:
         slot = self.installer.slots.current()
@@ -65,9 +74,18 @@ class Agent:
             self._load_model(self.installer.slots.path(slot), self.installer.slots.manifest(slot))
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """In-process inference API (also what the RPC and endpoints call)."""
+        """In-process inference API (also what the RPC and the local endpoint call).
+
+        ``inputs`` maps each model input name to a numpy array of the manifest's dtype and shape
+        (batch dimension included); returns output name -> array. Thread-safe; the model may be
+        swapped by an install between two calls, never during one. Raises ``ModelError`` when no
+        model is installed or the inputs do not fit. Every call is counted in telemetry::
+
+            agent = Agent(load_config("agent.toml")); agent.load_current()
+            out = agent.infer({"input": np.zeros((1, 1, 8, 8), np.float32)})["logits"]
+        """
         with self._lock:
-            runner = self.runner
+            runner, sketch = self.runner, self.drift
         if runner is None:
             raise ModelError("no model installed yet", hint="Deploy one with `edgekit push`.")
         t0 = time.perf_counter()
@@ -77,7 +95,16 @@ class Agent:
             self.stats.record(0.0, ok=False)
             raise
         self.stats.record((time.perf_counter() - t0) * 1000)
+        if sketch is not None and self.stats.count % self.cfg.drift_every == 0:
+            sketch.update(inputs, out)
         return out
+
+    def endpoint_info(self) -> dict:
+        """What the local endpoint's /v1/model shows ({} without a model)."""
+        m = self.manifest
+        if not m:
+            return {}
+        return {**self.model_info, "engine": m["engine"], "inputs": m["inputs"], "outputs": m["outputs"]}
 
     @property
     def model_info(self) -> dict:
@@ -104,17 +131,26 @@ class Agent:
                              deployment_id=deployment_id, error=error.to_dict() if error else None, details=details or None,
                              model=details.get("model"), version=details.get("version"))
         payload = messages.dumps(msg)
-        if self.conn is not None and self.conn.connected:
-            self.conn.publish(topics.events(self.cfg.fleet, self.cfg.device_id), payload, wait=False)
+        if self.conn is not None:  # through the spool, like telemetry: a broker outage loses no event
+            self.spool.append(topics.events(self.cfg.fleet, self.cfg.device_id), payload)
+            self._wake.set()
         else:
             print(payload.decode(), flush=True)
 
     def _publish_telemetry(self) -> None:
+        """Spool the message on disk first, then send what the spool holds (QoS 1, oldest first)."""
         self._telemetry_seq += 1
         msg = messages.build(messages.TELEMETRY, device=self.cfg.device_id, seq=self._telemetry_seq,
                              health=health(str(self.cfg.data_dir)), inference=self.stats.snapshot(),
+                             spool=self.spool.stats(), drift=self.drift.snapshot() if self.drift else None,
                              **self.model_info)
-        self.conn.publish(topics.telemetry(self.cfg.fleet, self.cfg.device_id), messages.dumps(msg), wait=False)
+        self.spool.append(topics.telemetry(self.cfg.fleet, self.cfg.device_id), messages.dumps(msg))
+        self._wake.set()  # the sender thread flushes: a stalled broker never delays measuring
+
+    def _flush_spool(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.connected:  # offline: paho would queue (and later resend) in memory
+            self.spool.flush(lambda topic, payload: conn.publish(topic, payload, qos=1, wait=True, timeout=5))
 
     # -- MQTT intake (network thread: parse, enqueue, never block) ----------------------------
     def _on_message(self, topic: str, payload: bytes, props) -> None:
@@ -124,6 +160,8 @@ class Agent:
                 self._on_notice(payload)
             elif parsed.kind == "rpc" and parsed.rest == ("infer",):
                 self._pool.submit(self._on_infer, payload, props)
+            elif parsed.kind == "sensors" and len(parsed.rest) == 1 and parsed.rest[0] in self.cfg.streams:
+                self._pool.submit(self._on_sensor, parsed.rest[0], payload)
         except EdgekitError as exc:  # malformed, or a notice refused by verify_notice: say why
             self._emit("rejected", False, {"topic": topic}, exc,
                        getattr(exc, "details", {}).get("deployment_id"))
@@ -155,6 +193,25 @@ class Agent:
                                   error=exc.to_dict())
         reply(self.conn, props, messages.dumps(resp))
 
+    def _on_sensor(self, stream: str, payload: bytes) -> None:
+        """Streaming mode: infer on one sensor sample, publish the prediction (QoS 1, no wait)."""
+        fields: dict = {}
+        try:
+            msg = messages.loads(payload, messages.SENSOR)
+            fields = {"seq": msg.get("seq"), "sensor_ts": msg["ts"]}
+            inputs = {name: tensors.decode(t, f"input {name!r}") for name, t in msg["inputs"].items()}
+            t0 = time.perf_counter()
+            outputs = self.infer(inputs)
+            out = messages.build(messages.PREDICTION, device=self.cfg.device_id, stream=stream, ok=True,
+                                 latency_ms=(time.perf_counter() - t0) * 1000,
+                                 outputs={k: tensors.encode(v) for k, v in outputs.items()}, **fields,
+                                 **self.model_info)
+        except EdgekitError as exc:
+            out = messages.build(messages.PREDICTION, device=self.cfg.device_id, stream=stream, ok=False,
+                                 error=exc.to_dict(), **fields)
+        self.conn.publish(topics.prediction(self.cfg.fleet, self.cfg.device_id, stream), messages.dumps(out),
+                          wait=False)
+
     # -- lifecycle ---------------------------------------------------------------------------
     def _worker(self) -> None:
         while (req := self._deployments.get()) is not None:
@@ -165,10 +222,25 @@ class Agent:
         self.conn.publish(topics.status(self.cfg.fleet, self.cfg.device_id), self._status(True),
                           retain=True, wait=False)
 
+    def _on_connected(self, session_present: bool = False) -> None:  # paho's network thread: never block
+        self._announce(session_present)
+        self._wake.set()
+
     def _telemetry_loop(self) -> None:
+        self._publish_telemetry()  # right away, then every interval_s; spooled even while offline
         while not self._stop.wait(self.cfg.telemetry_interval_s):
-            if self.conn.connected:
-                self._publish_telemetry()
+            self._publish_telemetry()
+
+    def _sender_loop(self) -> None:
+        """Flush the spool whenever a message was added or the connection came back."""
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            if not self._stop.is_set():
+                try:
+                    self._flush_spool()
+                except Exception as exc:  # noqa: BLE001 - the sender must outlive any one failure
+                    print(json.dumps({"agent": "spool_error", "error": repr(exc)}), flush=True)
 
     def start(self) -> None:
         self.load_current()
@@ -177,19 +249,34 @@ class Agent:
         self.conn = MqttConnection(cid, self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=self.cfg.keepalive_s, tls=tls,
                                    will=Will(topics.status(self.cfg.fleet, self.cfg.device_id),
                                              self._status(False, "connection lost")))
-        self.conn.on_connected = self._announce
+        self.conn.on_connected = self._on_connected
         self.conn.connect()
         # resume an install a crash interrupted; connected first so its events reach the registry
         if self.installer.recover() is not None:
             self._announce()
         base = topics.device_base(self.cfg.fleet, self.cfg.device_id)
         self.conn.subscribe([(f"{base}/cmd/#", 1), (f"{base}/rpc/infer", 1)], self._on_message)
+        if self.cfg.streams:  # streaming mode
+            self.conn.subscribe([(topics.sensor(self.cfg.fleet, self.cfg.device_id, s), 1) for s in self.cfg.streams],
+                                self._on_message)
         threading.Thread(target=self._worker, name="installer", daemon=True).start()
+        threading.Thread(target=self._sender_loop, name="spool-sender", daemon=True).start()
         threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True).start()
-        self._publish_telemetry()
+        self.start_endpoint()
+
+    def start_endpoint(self) -> None:
+        if self.cfg.endpoint_port is None and self.cfg.endpoint_socket is None:
+            return
+        from .endpoint import LocalEndpoint
+
+        self.endpoint = LocalEndpoint(self.infer, self.endpoint_info, port=self.cfg.endpoint_port,
+                                      socket_path=self.cfg.endpoint_socket).start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+        if self.endpoint is not None:
+            self.endpoint.stop()
         self._deployments.put(None)
         if self.conn:
             self.conn.close(publish_first=(topics.status(self.cfg.fleet, self.cfg.device_id),
@@ -201,10 +288,25 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
         self.start()
+        ep = self.endpoint
         print(json.dumps({"agent": "ready", "device": self.cfg.device_id, "profile": self.profile.id,
-                          "session": self.session, **self.model_info}), flush=True)
+                          "session": self.session, **self.model_info,
+                          **({"endpoint_port": ep.port, "endpoint_socket": str(ep.socket_path or "") or None}
+                             if ep else {}), **({"streams": self.cfg.streams} if self.cfg.streams else {})}),
+              flush=True)
         done.wait()
         self.stop()
+
+
+def load_drift(slot_dir: Path) -> Sketch | None:
+    """The drift sketch of a slot whose bundle shipped a (signed, verified) drift.json, else None."""
+    from edgekit.core.drift import MEMBER
+
+    try:
+        ref = read_json(slot_dir / MEMBER)
+        return Sketch(ref) if ref is not None else None
+    except (BundleError, ValueError):  # a malformed reference disables drift, never serving
+        return None
 
 
 def new_deployment_id() -> str:

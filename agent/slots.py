@@ -51,6 +51,19 @@ class Slots:
         fsync_dir(self.root)
         return target
 
+    def sync(self, slot: str) -> None:
+        """fsync every file of ``slot`` and the directory (cheap when already clean): a slot must be
+        durable before ``current`` may point at it, or a power cut could expose a torn model."""
+        target = self.path(slot)
+        for path in target.iterdir():
+            if path.is_file():
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fsync_dir(target)
+
     def switch(self, slot: str, installed: dict) -> None:
         """Point ``current`` at ``slot`` then record what it holds (both atomic)."""
         atomic_symlink(f"slots/{slot}", self.current_link)

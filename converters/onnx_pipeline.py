@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgekit.core import parity
+from edgekit.core import drift, parity
 from edgekit.core.atomic import atomic_write_bytes, atomic_write_json, remove_tree
 from edgekit.core.errors import ModelError, ParityError, UsageError
 from edgekit.core.profiles import Profile
@@ -184,6 +184,8 @@ def convert_onnx(src: Path, profile: Profile, out_dir: Path, *, precision: str, 
             gold_in = {n: v[:k] for n, v in validation.inputs.items()}
             atomic_write_bytes(stage / "golden.npz",
                                parity.save_golden(gold_in, {n: v[:k] for n, v in cand.outputs.items()}))
+            # reference distribution for on-device drift (shipped in the bundle, edgekit.core.drift)
+            atomic_write_json(stage / drift.MEMBER, drift.reference(validation.inputs, cand.outputs))
             report.update(precision=cand.name, artifact="model.onnx", artifact_bytes=(stage / "model.onnx").stat().st_size,
                           artifact_sha256=_sha256(stage / "model.onnx"), engine="onnxruntime", format="onnx",
                           golden_vectors=k)

@@ -71,6 +71,8 @@ def release_artifact(artifact_dir: Path, store: KeyStore, out_dir: Path, *, name
                                   "recipients": sorted(encrypt_to)}
     else:
         members[manifest["artifact"]] = artifact
+    if (artifact_dir / bundle.DRIFT_MEMBER).exists():  # optional, signed like every member
+        members[bundle.DRIFT_MEMBER] = (artifact_dir / bundle.DRIFT_MEMBER).read_bytes()
     members[bundle.MANIFEST_MEMBER] = json.dumps(manifest, indent=1, sort_keys=True).encode()
     md = trust.build_targets(members, version=manifest["model"]["release"], expires=trust.utc_in(expiry_days),
                              custom={bundle.MANIFEST_MEMBER: bundle.signed_custom(manifest)})

@@ -11,7 +11,7 @@ FORBIDDEN = ("onnx", "click", "converters", "sqlalchemy", "edgekit.registry", "e
 
 PROBE = """
 import json, sys
-import agent.cli, agent.service, agent.installer, agent.fetch, agent.runtime, agent.telemetry
+import agent.cli, agent.service, agent.installer, agent.fetch, agent.runtime, agent.telemetry, agent.endpoint
 before = set(sys.modules)
 import edgekit.core.bundle, edgekit.core.trust   # loaded lazily when a bundle arrives
 print(json.dumps({"loaded": sorted(m for m in sys.modules if m.split('.')[0] in ("onnx", "click", "converters",

@@ -32,6 +32,7 @@ TREE = {
     e.TransportError: (e.EdgekitError, 6),
     e.TimeoutError_: (e.TransportError, 6),
     e.InstallError: (e.EdgekitError, 7),
+    e.HealthTimeoutError: (e.InstallError, 7),
     e.StorageError: (e.EdgekitError, 8),
     e.MessageError: (e.EdgekitError, 9),
     e.PkiError: (e.ConfigError, 3),
@@ -78,3 +79,15 @@ def test_hint_override_and_str():
     assert str(e.UsageError("plain")) == "plain"
     assert e.UsageError("plain").to_dict() == {"code": "usage", "message": "plain"}
     assert str(e.TrustError("x", hint="")) == "x"  # an explicit empty hint suppresses the default
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_error_from_dict_rebuilds_the_class(cls):
+    back = e.error_from_dict(cls("went wrong", hint="do this", n=3).to_dict())
+    assert type(back) is cls and back.message == "went wrong" and back.hint == "do this"
+    assert back.details == {"n": 3} and back.exit_code == cls.exit_code
+
+
+def test_error_from_dict_of_an_unknown_code_is_generic():
+    back = e.error_from_dict({"code": "martian", "message": "??"})
+    assert type(back) is e.EdgekitError and back.code == "martian" and back.exit_code == 1

@@ -20,6 +20,8 @@ MINIMAL = {
                "bundle_url": "https://registry/b.bundle", "sha256": SHA, "length": 10, "issued_at": 1.0},
     m.INFER_REQUEST: {"id": "r1", "inputs": {"x": {"dtype": "float32", "shape": [], "b64": "AAAAAA=="}}},
     m.INFER_RESPONSE: {"id": "r1", "ok": True},
+    m.SENSOR: {"inputs": {"x": {"dtype": "float32", "shape": [], "b64": "AAAAAA=="}}},
+    m.PREDICTION: {"device": "d1", "stream": "cam0", "ok": True},
 }
 
 # (schema, field, wrong value, expected fragment of the error)

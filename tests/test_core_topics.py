@@ -110,3 +110,16 @@ def test_parse_requires_a_command_name_and_rejects_one_on_reports():
     with pytest.raises(MessageError):
         topics.parse("edgekit/v1/f/devices/d/status/extra")
     assert topics.parse("edgekit/v1/f/devices/d/cmd/deploy").rest == ("deploy",)
+
+
+def test_stream_topics_build_and_parse():
+    from edgekit.core import topics as t
+
+    s, p = t.sensor("f1", "d1", "cam0"), t.prediction("f1", "d1", "cam0")
+    assert s == "edgekit/v1/f1/devices/d1/sensors/cam0" and p == "edgekit/v1/f1/devices/d1/predictions/cam0"
+    assert t.parse(s) == t.ParsedTopic("f1", "d1", "sensors", ("cam0",))
+    assert t.parse(p).kind == "predictions"
+    with pytest.raises(MessageError):
+        t.parse("edgekit/v1/f1/devices/d1/sensors")  # a stream name is required
+    with pytest.raises(UsageError):
+        t.sensor("f1", "d1", "cam/0")

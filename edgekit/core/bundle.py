@@ -11,6 +11,7 @@ Format (ADR 0001): an uncompressed POSIX tar whose members are, in this order::
     metadata/roots/N.root.json   (optional, after a key rotation) root versions 2..N: the device
                             follows them one version at a time (each signed by the previous root's
                             threshold) before it checks the targets signature
+    drift.json              optional: reference distribution for drift (``edgekit.core.drift``)
 
 Reading is defensive: only regular files with flat names, sizes capped, signature checked
 *before* any member is trusted, every member verified against its signed hash, members not
@@ -33,6 +34,7 @@ from .schema import non_negative, positive, validate
 METADATA_MEMBER = "metadata/targets.json"
 MANIFEST_MEMBER = "manifest.json"
 GOLDEN_MEMBER = "golden.npz"
+DRIFT_MEMBER = "drift.json"  # optional signed member (edgekit.core.drift.MEMBER)
 MANIFEST_SCHEMA = "edgekit.manifest/1"
 ARTIFACT_NAMES = ("model.onnx", "model.tflite")
 MAX_METADATA_BYTES = 1 << 20
@@ -141,6 +143,29 @@ def _safe_members(tar: tarfile.TarFile, max_bytes: int) -> dict[str, tarfile.Tar
     return members
 
 
+def _extract_verified(path: str | Path, members: dict[str, tarfile.TarInfo], md, dest: Path) -> None:
+    """Copy each member out of the (uncompressed) tar and hash it in the same pass, then check the
+    digest against the signed entry: every byte is read once, through one reused buffer. Not
+    fsynced here: the installer makes the slot durable before it switches to it."""
+    import hashlib
+
+    from . import trust
+
+    buf = memoryview(bytearray(1 << 20))
+    with open(path, "rb", buffering=0) as src:
+        for name, info in members.items():
+            h, left, got = hashlib.sha256(), info.size, 0
+            src.seek(info.offset_data)
+            with open(dest / name, "wb", buffering=0) as out:
+                while left and (n := src.readinto(buf[:min(left, len(buf))])):
+                    chunk = buf[:n]
+                    h.update(chunk)
+                    while chunk:  # raw writes may be partial
+                        chunk = chunk[out.write(chunk):]
+                    left, got = left - n, got + n
+            trust.verify_member_digest(md, name, got, h.hexdigest())  # short read (truncated) fails here
+
+
 def open_bundle(path: str | Path, root, dest: str | Path, *, reference_time: float | None = None,
                 allow_expired: bool = False, max_bytes: int = 2 << 30,
                 root_history: Path | None = None, device_id: str | None = None,
@@ -184,13 +209,7 @@ def open_bundle(path: str | Path, root, dest: str | Path, *, reference_time: flo
             if extra := sorted(members.keys() - signed):
                 raise IntegrityError(f"bundle holds member(s) {extra} that are not signed")
             dest.mkdir(parents=True)
-            for name, info in members.items():
-                target = dest / name
-                with tar.extractfile(info) as src, open(target, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-                with open(target, "rb") as fh:
-                    trust.verify_member(md, name, fh)
+            _extract_verified(path, members, md, dest)
     except tarfile.TarError as exc:
         remove_tree(dest)
         raise IntegrityError(f"bundle is corrupt: {exc}") from None

@@ -30,6 +30,7 @@ Tree::
     ├── TransportError                exit 6   broker / HTTP / download failure
     │   └── TimeoutError_                      no answer in time (silence counts as failure)
     ├── InstallError                  exit 7   install / health check / switch failed (rolled back)
+    │   └── HealthTimeoutError                 the health check's inference hung past its deadline
     ├── StorageError                  exit 8   disk full, unwritable data dir
     └── MessageError                  exit 9   a malformed MQTT message / notice
         └── NoticeError                        a deployment notice refused: unsigned/bad signature,
@@ -158,6 +159,12 @@ class InstallError(EdgekitError):
     exit_code = 7
 
 
+class HealthTimeoutError(InstallError):
+    code = "health_timeout"
+    default_hint = ("The model's inference did not finish in time on this device (hung or far too slow); "
+                    "check it on the bench with `edgekit-agent install` or raise [install] health_timeout_s.")
+
+
 class StorageError(EdgekitError):
     code = "storage"
     exit_code = 8
@@ -215,3 +222,10 @@ class NoticeTargetError(NoticeError):
 class EncryptionError(BundleError):
     code = "encrypted_for_other_device"
     default_hint = "Release the model again with `--encrypt-for THIS_DEVICE` (or `--encrypt-fleet`)."
+def error_from_dict(d: dict[str, Any]) -> EdgekitError:
+    """Rebuild an error carried as ``to_dict()`` JSON (an event, an HTTP answer) as its own class."""
+    code = d.get("code", "error")
+    cls = next((c for c in _all_subclasses(EdgekitError) if c.code == code), EdgekitError)
+    err = cls(d.get("message", code), hint=d.get("hint"), **(d.get("details") or {}))
+    err.code = code
+    return err

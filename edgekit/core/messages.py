@@ -26,6 +26,8 @@ EVENT = "edgekit.event/1"
 NOTICE = "edgekit.notice/1"
 INFER_REQUEST = "edgekit.infer.request/1"
 INFER_RESPONSE = "edgekit.infer.response/1"
+SENSOR = "edgekit.sensor/1"          # streaming mode: a sample for the device to infer on
+PREDICTION = "edgekit.prediction/1"  # streaming mode: the device's answer to one SENSOR message
 
 SCHEMAS: dict[str, dict] = {
     STATUS: {
@@ -39,6 +41,8 @@ SCHEMAS: dict[str, dict] = {
         "schema": (str, True, None), "device": (str, True, None), "ts": ((int, float), True, positive),
         "seq": (int, True, non_negative), "health": (dict, True, None), "inference": (dict, True, None),
         "model": (str, False, None), "version": (str, False, None),
+        "spool": (dict, False, None),  # agent/spool.py stats: pending, bytes, budget_bytes, dropped
+        "drift": (dict, False, None),  # edgekit.core.drift.Sketch.snapshot(): stats, histograms, PSI
     },
     EVENT: {
         "schema": (str, True, None), "device": (str, True, None), "ts": ((int, float), True, positive),
@@ -64,6 +68,17 @@ SCHEMAS: dict[str, dict] = {
         "outputs": (dict, False, None), "error": (dict, False, None),
         "latency_ms": ((int, float), False, non_negative), "model": (str, False, None),
         "version": (str, False, None), "device": (str, False, None),
+    },
+    SENSOR: {
+        "schema": (str, True, None), "ts": ((int, float), True, positive), "inputs": (dict, True, None),
+        "seq": (int, False, non_negative),
+    },
+    PREDICTION: {
+        "schema": (str, True, None), "ts": ((int, float), True, positive), "device": (str, True, None),
+        "stream": (str, True, None), "ok": (bool, True, None), "seq": (int, False, non_negative),
+        "sensor_ts": ((int, float), False, positive), "outputs": (dict, False, None), "error": (dict, False, None),
+        "latency_ms": ((int, float), False, non_negative), "model": (str, False, None),
+        "version": (str, False, None),
     },
 }
 for _name, _schema in SCHEMAS.items():

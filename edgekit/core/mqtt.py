@@ -195,6 +195,8 @@ class MqttConnection:
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             raise TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         if wait and qos > 0:
+            if info.rc == paho.MQTT_ERR_NO_CONN:  # paho queued it; is_published() would raise RuntimeError
+                raise TransportError(f"publish to {topic}: not connected to the broker")
             self._wait(info.is_published, f"publish to {topic}", timeout)
             with self._cv:
                 code = self._pubacks.get(info.mid, 0)

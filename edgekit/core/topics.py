@@ -9,6 +9,8 @@ isolates devices)::
     edgekit/v1/{fleet}/devices/{device}/cmd/{command}       to the device: deploy, rollback, config
     edgekit/v1/{fleet}/devices/{device}/rpc/infer           inference requests (MQTT 5 response topic)
     edgekit/v1/{fleet}/devices/{device}/rpc/res/{client}    inference responses for one requester
+    edgekit/v1/{fleet}/devices/{device}/sensors/{stream}    streaming mode: sensor samples to infer on
+    edgekit/v1/{fleet}/devices/{device}/predictions/{stream} streaming mode: the agent's predictions
 
 Does not open connections; see ``edgekit.core.mqtt`` for that.
 """
@@ -23,6 +25,7 @@ from .errors import MessageError, UsageError
 ROOT = "edgekit/v1"
 DEVICE_KINDS = ("status", "telemetry", "events")
 COMMANDS = ("deploy", "rollback", "config")
+STREAM_KINDS = ("sensors", "predictions")  # streaming mode: {kind}/{stream}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -65,6 +68,16 @@ def rpc_response(fleet: str, device: str, client: str) -> str:
     return f"{device_base(fleet, device)}/rpc/res/{check_name(client, 'client id')}"
 
 
+def sensor(fleet: str, device: str, stream: str) -> str:
+    """Where a sensor publishes samples (``edgekit.sensor/1``) for the device to infer on."""
+    return f"{device_base(fleet, device)}/sensors/{check_name(stream, 'stream name')}"
+
+
+def prediction(fleet: str, device: str, stream: str) -> str:
+    """Where the agent publishes its predictions (``edgekit.prediction/1``) for a sensor stream."""
+    return f"{device_base(fleet, device)}/predictions/{check_name(stream, 'stream name')}"
+
+
 def device_filter(fleet: str, device: str) -> str:
     """Everything addressed to one device (what the agent subscribes to)."""
     return f"{device_base(fleet, device)}/#"
@@ -87,7 +100,7 @@ def fleet_filter(kind: str, fleet: str = "+", shared_group: str | None = None) -
 class ParsedTopic:
     fleet: str
     device: str
-    kind: str          # status | telemetry | events | cmd | rpc
+    kind: str          # status | telemetry | events | cmd | rpc | sensors | predictions
     rest: tuple[str, ...] = ()
 
 
@@ -97,7 +110,7 @@ def parse(topic: str) -> ParsedTopic:
     if len(parts) < 6 or "/".join(parts[:2]) != ROOT or parts[3] != "devices":
         raise MessageError(f"not an edgekit/v1 device topic: {topic!r}")
     fleet, device, kind, rest = parts[2], parts[4], parts[5], tuple(parts[6:])
-    if kind not in DEVICE_KINDS + ("cmd", "rpc") or not NAME_RE.fullmatch(fleet) or not NAME_RE.fullmatch(device) \
-            or (kind in ("cmd", "rpc")) != bool(rest):
+    if kind not in DEVICE_KINDS + ("cmd", "rpc") + STREAM_KINDS or not NAME_RE.fullmatch(fleet) \
+            or not NAME_RE.fullmatch(device) or (kind in ("cmd", "rpc") + STREAM_KINDS) != bool(rest):
         raise MessageError(f"not an edgekit/v1 device topic: {topic!r}")
     return ParsedTopic(fleet, device, kind, rest)

@@ -133,6 +133,24 @@ def verify_member(md: Metadata[Targets], path: str, data: bytes | IO[bytes]) -> 
     return tf
 
 
+def verify_member_digest(md: Metadata[Targets], path: str, length: int, sha256_hex: str) -> TargetFile:
+    """Like :func:`verify_member` for a caller that hashed the bytes while copying them (one pass).
+
+    The signed entry must carry a ``sha256`` hash (edgekit always signs one).
+    """
+    tf = md.signed.targets.get(path)
+    if tf is None:
+        raise IntegrityError(f"bundle member {path!r} is not listed in the signed metadata")
+    want = tf.hashes.get("sha256")
+    if want is None:
+        raise IntegrityError(f"signed entry of {path!r} has no sha256 hash", member=path)
+    if tf.length != length or want != sha256_hex:
+        raise IntegrityError(f"bundle member {path!r} does not match its signed hash/length: got {length} bytes "
+                             f"sha256 {sha256_hex[:12]}…, signed {tf.length} bytes sha256 {want[:12]}…",
+                             member=path)
+    return tf
+
+
 def custom(md: Metadata[Targets], path: str) -> dict[str, Any]:
     tf = md.signed.targets.get(path)
     return dict(tf.custom) if tf is not None and isinstance(tf.custom, dict) else {}
