@@ -112,3 +112,21 @@ def agent_factory(tmp_path, broker, keystore):
 
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL cluster for the session (see tests/postgres_cluster.py); fails if not installed."""
+    from postgres_cluster import PostgresCluster
+
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """The registry database URL: SQLite in tmp_path, or a fresh database in the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/registry.db"
+    return request.getfixturevalue("postgres").new_database()

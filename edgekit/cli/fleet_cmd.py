@@ -99,31 +99,30 @@ def fleet() -> None:
 
 @fleet.command("ls")
 @click.option("--fleet", "fleet_id", default=None, help="Only this fleet.")
+@click.option("--to", "selector", default="all", show_default=True,
+              help="Device selector, e.g. 'profile=raspberry-pi-4,tag=kitchen' or group:canary.")
 @registry_option
 @json_option
-def fleet_ls(fleet_id: str | None, registry: str, as_json: bool) -> None:
-    """List devices: online state, profile, model version, last seen, latency."""
+def fleet_ls(fleet_id: str | None, selector: str, registry: str, as_json: bool) -> None:
+    """List devices: online state, profile, model version, agent, last seen, latency, tags, groups.
+
+    \b
+    Examples:
+      edgekit fleet ls
+      edgekit fleet ls --to 'profile=raspberry-pi-4,tag=kitchen' --json
+    """
     def body():
-        import requests
+        from .inventory_cmd import COLUMNS, device_rows
+        from .registry_client import api
 
-        from edgekit.core.errors import TransportError
-
-        try:
-            r = requests.get(f"{registry.rstrip('/')}/api/v1/devices", params={"fleet": fleet_id} if fleet_id else {},
-                             timeout=10)
-            r.raise_for_status()
-        except requests.RequestException as exc:
-            raise TransportError(f"cannot reach the registry at {registry}: {exc}") from None
-        devices = r.json()["devices"]
+        if fleet_id:
+            selector_ = f"fleet={fleet_id}" + ("" if selector in ("all", "*") else f",{selector}")
+        else:
+            selector_ = selector
+        devices = api(registry, "GET", "/api/v1/fleet", params={"selector": selector_})["devices"]
         if as_json:
             return emit_json(devices)
-        now = time.time()
-        rows = [{**d, "state": "online" if d["online"] else "offline",
-                 "model": f"{d['model']}@{d['version']}" if d["model"] else None,
-                 "seen": f"{now - d['last_seen']:.0f}s ago" if d["last_seen"] else None,
-                 "p95_ms": (d.get("inference") or {}).get("p95_ms"),
-                 "count": (d.get("inference") or {}).get("count")} for d in devices]
-        click.echo(table(rows, ["id", "fleet", "state", "profile", "model", "seen", "count", "p95_ms"]))
+        click.echo(table(device_rows(devices), COLUMNS))
     run_guarded(body, as_json)
 
 
@@ -138,9 +137,23 @@ def registry_group() -> None:
               show_default=True, help="Directory of the artifact store.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True)
+@click.option("--shared-group", default=None, help="MQTT 5 shared-subscription group, so several workers split "
+              "telemetry and events.")
+@click.option("--client-id", default="edgekit-registry", show_default=True,
+              help="MQTT client id (its persistent session keeps messages while the registry is down).")
+@click.option("--no-rollouts", is_flag=True, help="Ingest-only worker: do not drive rollouts (run one driver).")
 @broker_option
-def serve(db_url: str, store: Path, host: str, port: int, broker: str) -> None:
-    """Ingest device reports from MQTT into the database and serve the HTTP API + bundles."""
+def serve(db_url: str, store: Path, host: str, port: int, shared_group: str | None, client_id: str,
+          no_rollouts: bool, broker: str) -> None:
+    """Ingest device reports from MQTT into the database, serve the HTTP API + bundles, drive rollouts.
+
+    \b
+    Examples:
+      edgekit registry serve --db sqlite:///registry.db --broker 127.0.0.1:1883
+      edgekit registry serve --db postgresql+psycopg://edgekit@db/edgekit --shared-group ingest
+      edgekit registry serve --db postgresql+psycopg://edgekit@db/edgekit --shared-group ingest \\
+          --client-id registry-2 --port 8081 --no-rollouts
+    """
     def body():
         import json
 
@@ -148,11 +161,16 @@ def serve(db_url: str, store: Path, host: str, port: int, broker: str) -> None:
         from edgekit.registry.service import Registry
 
         bhost, bport = parse_broker(broker)
-        Registry(db_url, store, bhost, bport, host, port).serve_forever(
+        Registry(db_url, store, bhost, bport, host, port, shared_group=shared_group, client_id=client_id,
+                 rollouts=not no_rollouts).serve_forever(
             lambda url: click.echo(json.dumps({"registry": "ready", "url": url}), nl=True))
     run_guarded(body)
 
 
 def register(cli: click.Group) -> None:
+    from . import inventory_cmd, rollout_cmd
+
+    inventory_cmd.attach(fleet)
+    rollout_cmd.register(cli)
     for cmd in (push, infer, fleet, registry_group):
         cli.add_command(cmd)
