@@ -118,10 +118,12 @@ def make_bundle(tmp_path_factory, artifacts, keystore):
 
 
 @pytest.fixture
-def registry(tmp_path, broker):
+def registry(tmp_path, broker, keystore):
+    """A registry on the plain broker; its rollout engine signs notices with the key store's notices key."""
     from edgekit.registry.service import Registry
 
-    reg = Registry(f"sqlite:///{tmp_path}/registry.db", tmp_path / "artifacts", "127.0.0.1", broker.port).start()
+    reg = Registry(f"sqlite:///{tmp_path}/registry.db", tmp_path / "artifacts", "127.0.0.1", broker.port,
+                   notice_signer=keystore.notice_signer()).start()
     yield reg
     reg.stop()
 
@@ -143,3 +145,21 @@ def agent_factory(tmp_path, broker, keystore):
 
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL cluster for the session (see tests/postgres_cluster.py); fails if not installed."""
+    from postgres_cluster import PostgresCluster
+
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """The registry database URL: SQLite in tmp_path, or a fresh database in the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/registry.db"
+    return request.getfixturevalue("postgres").new_database()

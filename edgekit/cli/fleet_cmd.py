@@ -114,26 +114,31 @@ def fleet() -> None:
 
 @fleet.command("ls")
 @click.option("--fleet", "fleet_id", default=None, help="Only this fleet.")
+@click.option("--to", "selector", default="all", show_default=True,
+              help="Device selector, e.g. 'profile=raspberry-pi-4,tag=kitchen' or group:canary.")
 @click.option("--pki", "pki_dir", envvar="EDGEKIT_PKI", default=None, type=click.Path(file_okay=False),
               help="Fleet PKI directory: adds certificate expiry and warns before certificates expire.")
 @registry_option
 @json_option
-def fleet_ls(fleet_id: str | None, pki_dir: str | None, registry: str, as_json: bool) -> None:
-    """List devices: online state, profile, model version, last seen, latency (and certificate
-    expiry with --pki)."""
+def fleet_ls(fleet_id: str | None, selector: str, pki_dir: str | None, registry: str, as_json: bool) -> None:
+    """List devices: online state, profile, model version, agent, last seen, latency, tags, groups
+    (and certificate expiry with --pki).
+
+    \b
+    Examples:
+      edgekit fleet ls
+      edgekit fleet ls --to 'profile=raspberry-pi-4,tag=kitchen' --json
+      edgekit fleet ls --pki pki          # CERT_DAYS column + a warning before certificates expire
+    """
     def body():
-        import requests
+        from .inventory_cmd import COLUMNS, device_rows
+        from .registry_client import api
 
-        from edgekit.core.errors import TransportError
-
-        try:
-            r = requests.get(f"{registry.rstrip('/')}/api/v1/devices", params={"fleet": fleet_id} if fleet_id else {},
-                             timeout=10)
-            r.raise_for_status()
-        except requests.RequestException as exc:
-            raise TransportError(f"cannot reach the registry at {registry}: {exc}") from None
-        devices = r.json()["devices"]
-        certs = {}
+        if fleet_id:
+            selector_ = f"fleet={fleet_id}" + ("" if selector in ("all", "*") else f",{selector}")
+        else:
+            selector_ = selector
+        devices = api(registry, "GET", "/api/v1/fleet", params={"selector": selector_})["devices"]
         if pki_dir:
             from edgekit.pki import load_pki
 
@@ -143,13 +148,7 @@ def fleet_ls(fleet_id: str | None, pki_dir: str | None, registry: str, as_json: 
                 d["cert"] = {k: c.get(k) for k in ("state", "not_after", "days_left", "warning")} if c else None
         if as_json:
             return emit_json(devices)
-        now = time.time()
-        rows = [{**d, "state": "online" if d["online"] else "offline",
-                 "model": f"{d['model']}@{d['version']}" if d["model"] else None,
-                 "seen": f"{now - d['last_seen']:.0f}s ago" if d["last_seen"] else None,
-                 "p95_ms": (d.get("inference") or {}).get("p95_ms"),
-                 "count": (d.get("inference") or {}).get("count")} for d in devices]
-        cols = ["id", "fleet", "state", "profile", "model", "seen", "count", "p95_ms"]
+        rows, cols = device_rows(devices), list(COLUMNS)
         if pki_dir:
             for row in rows:
                 c = row.get("cert") or {}
@@ -173,10 +172,27 @@ def registry_group() -> None:
               show_default=True, help="Directory of the artifact store.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True)
+@click.option("--shared-group", default=None, help="MQTT 5 shared-subscription group, so several workers split "
+              "telemetry and events.")
+@click.option("--client-id", default="edgekit-registry", show_default=True,
+              help="MQTT client id (its persistent session keeps messages while the registry is down).")
+@click.option("--no-rollouts", is_flag=True, help="Ingest-only worker: do not drive rollouts (run one driver).")
 @broker_option
 @identity_option
-def serve(db_url: str, store: Path, host: str, port: int, broker: str, identity: str | None) -> None:
-    """Ingest device reports from MQTT into the database and serve the HTTP API + bundles."""
+@click.option("--keys", "keys_dir", envvar="EDGEKIT_KEYS", default=None, type=click.Path(file_okay=False),
+              help="Key store whose online notices key signs rollout notices (agents refuse unsigned notices).")
+def serve(db_url: str, store: Path, host: str, port: int, shared_group: str | None, client_id: str,
+          no_rollouts: bool, broker: str, identity: str | None, keys_dir: str | None) -> None:
+    """Ingest device reports from MQTT into the database, serve the HTTP API + bundles, drive rollouts.
+
+    \b
+    Examples:
+      edgekit registry serve --db sqlite:///registry.db --broker 127.0.0.1:1883 --keys keys
+      edgekit registry serve --broker mqtt.example:8883 --identity pki/services/edgekit-registry --keys keys
+      edgekit registry serve --db postgresql+psycopg://edgekit@db/edgekit --shared-group ingest
+      edgekit registry serve --db postgresql+psycopg://edgekit@db/edgekit --shared-group ingest \\
+          --client-id registry-2 --port 8081 --no-rollouts
+    """
     def body():
         import json
 
@@ -184,11 +200,24 @@ def serve(db_url: str, store: Path, host: str, port: int, broker: str, identity:
         from edgekit.registry.service import Registry
 
         bhost, bport = parse_broker(broker)
-        Registry(db_url, store, bhost, bport, host, port, tls=tls_files(identity)).serve_forever(
+        signer = None
+        if keys_dir and not no_rollouts:
+            from edgekit.keys import load_keystore
+
+            signer = load_keystore(keys_dir).notice_signer()
+        elif not no_rollouts:
+            click.echo("warning: no --keys: rollout notices will be unsigned and agents will refuse them",
+                       err=True)
+        Registry(db_url, store, bhost, bport, host, port, tls=tls_files(identity), shared_group=shared_group,
+                 client_id=client_id, rollouts=not no_rollouts, notice_signer=signer).serve_forever(
             lambda url: click.echo(json.dumps({"registry": "ready", "url": url}), nl=True))
     run_guarded(body)
 
 
 def register(cli: click.Group) -> None:
+    from . import inventory_cmd, rollout_cmd
+
+    inventory_cmd.attach(fleet)
+    rollout_cmd.register(cli)
     for cmd in (push, infer, fleet, registry_group):
         cli.add_command(cmd)

@@ -132,7 +132,13 @@ class MqttConnection:
             self._cv.notify_all()
 
     def _on_message(self, client, userdata, msg) -> None:
-        for flt, handler in list(self._handlers):
+        handlers = self._handlers
+        if len(handlers) > 1 and all(h is handlers[0][1] for _, h in handlers):
+            # one handler for every filter (e.g. the registry's ingest): the broker only sends what
+            # matches a subscription, so skip the per-filter matching on this hot path
+            handlers[0][1](msg.topic, msg.payload, getattr(msg, "properties", None))
+            return
+        for flt, handler in list(handlers):
             if paho.topic_matches_sub(flt.split("/", 2)[2] if flt.startswith("$share/") else flt, msg.topic):
                 handler(msg.topic, msg.payload, getattr(msg, "properties", None))
 

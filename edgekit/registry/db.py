@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any, Iterable
 
-from sqlalchemy import (JSON, Boolean, Float, Integer, String, create_engine, event, func, select)
+from sqlalchemy import (JSON, Boolean, Float, Integer, String, create_engine, event, func, insert, select)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -64,8 +64,23 @@ class Artifact(Base):
     created: Mapped[float] = mapped_column(Float)
 
 
+class RawJSON(dict):
+    """A decoded message that remembers the JSON text it came from, so storing it does not
+    serialize it again (the device's validated payload is stored as received)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, obj: dict, text: str) -> None:
+        super().__init__(obj)
+        self.text = text
+
+
+def _json_serializer(obj: Any) -> str:
+    return obj.text if isinstance(obj, RawJSON) else json.dumps(obj)
+
+
 def open_db(url: str) -> Engine:
-    engine = create_engine(url, future=True)
+    engine = create_engine(url, future=True, json_serializer=_json_serializer)
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
         def _pragmas(conn, _record) -> None:
@@ -73,27 +88,33 @@ def open_db(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+    from . import catalog, inventory, rollout_store  # noqa: F401  (their tables join Base.metadata)
+
     Base.metadata.create_all(engine)
     return engine
 
 
-def _device(s: Session, fleet: str, device: str) -> Device:
-    row = s.get(Device, device)
-    if row is None:
-        row = Device(id=device, fleet=fleet, online=False, session=0, last_seen=0.0)
-        s.add(row)
-    return row
-
-
 def store_batch(engine: Engine, batch: Iterable[tuple[str, str, str, dict]]) -> int:
-    """Write ``(kind, fleet, device, message)`` tuples in one transaction; return the count."""
-    n = 0
-    with Session(engine) as s, s.begin():
+    """Write ``(kind, fleet, device, message)`` tuples in one transaction; return the count.
+
+    One query loads the batch's devices; telemetry and event rows go in as one multi-row insert
+    each; a device row takes the *last* telemetry of the batch (in arrival order), so the ORM
+    touches each device once per batch, not once per message.
+    """
+    batch = list(batch)
+    telemetry, events, last_tel = [], [], {}
+    with Session(engine, autoflush=False) as s, s.begin():
+        ids = {device for _, _, device, _ in batch}
+        devices = {d.id: d for d in s.scalars(select(Device).where(Device.id.in_(ids)))}
+        seen: dict[str, float] = {}
         for kind, fleet, device, msg in batch:
-            n += 1
-            dev = _device(s, fleet, device)
+            dev = devices.get(device)
+            if dev is None:
+                dev = devices[device] = Device(id=device, fleet=fleet, online=False, session=0, last_seen=0.0)
+                s.add(dev)
             ts = float(msg.get("ts", time.time()))
             if kind == "status":
+                _apply_telemetry(dev, last_tel.pop(device, None))  # keep arrival order around statuses
                 # a stale birth/death (older session) must not override a newer one
                 if msg["session"] >= dev.session:
                     dev.online, dev.session = msg["online"], msg["session"]
@@ -103,16 +124,32 @@ def store_batch(engine: Engine, batch: Iterable[tuple[str, str, str, dict]]) -> 
                     if msg["online"]:
                         dev.model, dev.version = msg.get("model"), msg.get("version")
             elif kind == "telemetry":
-                s.add(TelemetryRow(device=device, ts=ts, payload=msg))
-                dev.health, dev.inference = msg["health"], msg["inference"]
-                if msg.get("model"):
-                    dev.model, dev.version = msg["model"], msg.get("version")
+                telemetry.append({"device": device, "ts": ts, "payload": msg})
+                last_tel[device] = msg
             elif kind == "events":
                 err = msg.get("error") or {}
-                s.add(EventRow(device=device, ts=ts, seq=msg["seq"], state=msg["state"], ok=msg["ok"],
-                               deployment_id=msg.get("deployment_id"), error_code=err.get("code"), payload=msg))
+                events.append({"device": device, "ts": ts, "seq": msg["seq"], "state": msg["state"], "ok": msg["ok"],
+                               "deployment_id": msg.get("deployment_id"), "error_code": err.get("code"),
+                               "payload": msg})
+            seen[device] = max(seen.get(device, 0.0), ts)
+        for device, msg in last_tel.items():
+            _apply_telemetry(devices[device], msg)
+        for device, ts in seen.items():
+            dev = devices[device]
             dev.last_seen = max(dev.last_seen or 0.0, ts)
-    return n
+        s.flush()
+        if telemetry:
+            s.execute(insert(TelemetryRow.__table__), telemetry)
+        if events:
+            s.execute(insert(EventRow.__table__), events)
+    return len(batch)
+
+
+def _apply_telemetry(dev: Device, msg: dict | None) -> None:
+    if msg is not None:
+        dev.health, dev.inference = msg["health"], msg["inference"]
+        if msg.get("model"):
+            dev.model, dev.version = msg["model"], msg.get("version")
 
 
 def device_dict(d: Device) -> dict[str, Any]:

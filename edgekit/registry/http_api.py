@@ -9,11 +9,15 @@ Routes::
     POST /api/v1/artifacts?name=N            upload a bundle (body); returns sha256, url, length
     GET  /artifacts/{sha256}.bundle          download, with single-range ``Range: bytes=a-b`` (206)
     GET  /api/v1/openapi.json                the OpenAPI description of the above
+
+plus the model registry, inventory and rollout routes of :mod:`.api_routes`. An uploaded
+bundle registers its model version and per-profile artifact in the model registry.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -22,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from . import db
+from . import api_routes, catalog, db
 from .openapi import OPENAPI
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -36,6 +40,7 @@ class RegistryHTTPServer(ThreadingHTTPServer):
     def __init__(self, addr, engine, store: Path, ingest=None) -> None:
         super().__init__(addr, Handler)
         self.engine, self.store, self.ingest = engine, Path(store), ingest
+        self.wake_rollouts = lambda: None  # the service points this at its rollout engine
         self.store.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -72,7 +77,8 @@ class Handler(BaseHTTPRequestHandler):
             ing = self.server.ingest
             return self._json({"ok": True, "rows": db.count_rows(eng),
                                "ingest": {"stored": ing.stored, "rejected": ing.rejected,
-                                          "connected": ing.conn.connected} if ing else None})
+                                          "connected": ing.conn.connected, "failed": ing.failed,
+                                          "retries": ing.retries, "kinds": dict(ing.kinds)} if ing else None})
         if url.path == "/api/v1/devices":
             return self._json({"devices": db.list_devices(eng, q.get("fleet"))})
         if m := re.match(r"^/api/v1/devices/([^/]+)$", url.path):
@@ -85,6 +91,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(OPENAPI)
         if m := _ART.match(url.path):
             return self._artifact(m.group(1))
+        if (res := api_routes.dispatch(self.server, "GET", url.path, q, {})) is not None:
+            return self._json(res[1], res[0])
         self._error(404, f"no route {url.path}")
 
     def _artifact(self, sha: str) -> None:
@@ -126,7 +134,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         url = urlparse(self.path)
         if url.path != "/api/v1/artifacts":
-            return self._error(404, f"no route {url.path}")
+            return self._post_json(url)
         length = int(self.headers.get("Content-Length") or -1)
         if not 0 < length <= MAX_UPLOAD:
             return self._error(411 if length < 0 else 413, "a Content-Length between 1 byte and 2 GiB is required")
@@ -148,4 +156,22 @@ class Handler(BaseHTTPRequestHandler):
             if os.path.exists(tmp):
                 os.unlink(tmp)
         db.add_artifact(self.server.engine, sha, name, length)
-        self._json({"sha256": sha, "length": length, "url": f"{self.server.base_url}/artifacts/{sha}.bundle"}, 201)
+        manifest = catalog.read_manifest(self.server.store / f"{sha}.bundle")
+        registered = catalog.register(self.server.engine, manifest, sha, length) if manifest else None
+        self._json({"sha256": sha, "length": length, "url": f"{self.server.base_url}/artifacts/{sha}.bundle",
+                    "registered": registered}, 201)
+
+    def _post_json(self, url) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > 1 << 20:
+            return self._error(413, "JSON bodies are limited to 1 MiB")
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            return self._error(400, f"request body must be a JSON object: {exc}")
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if (res := api_routes.dispatch(self.server, "POST", url.path, q, body)) is not None:
+            return self._json(res[1], res[0])
+        self._error(404, f"no route {url.path}")

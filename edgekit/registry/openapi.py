@@ -32,3 +32,34 @@ OPENAPI = {
                                                              "416": {"description": "bad range"}}}},
     },
 }
+
+
+def _op(summary: str, path_params: tuple[str, ...] = (), query: tuple[str, ...] = (), body: bool = False,
+        ok: str = "200") -> dict:
+    op = {"summary": summary,
+          "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in path_params]
+          + [{"name": n, "in": "query", "schema": {"type": "string"}} for n in query],
+          "responses": {ok: {"description": "ok", "content": _JSON},
+                        "400": {"description": "bad input: {error: {code, message, hint}}", "content": _JSON},
+                        "404": {"description": "unknown model / device / rollout", "content": _JSON}}}
+    if body:
+        op["requestBody"] = {"content": _JSON}
+    return op
+
+
+# Model registry, inventory and rollouts (edgekit/registry/api_routes.py).
+OPENAPI["paths"].update({
+    "/api/v1/models": {"get": _op("Models with their versions and stages")},
+    "/api/v1/models/{name}": {"get": _op("Versions, per-profile artifacts, lineage, conversion reports", ("name",))},
+    "/api/v1/models/{name}/versions/{version}": {"post": _op("Set the stage: {stage: draft|released|deprecated}",
+                                                             ("name", "version"), body=True)},
+    "/api/v1/fleet": {"get": _op("Devices matching a selector, with tags and groups", query=("selector",))},
+    "/api/v1/tags": {"post": _op("Add/remove tags: {devices, add, remove}", body=True)},
+    "/api/v1/groups": {"get": _op("Groups and their devices")},
+    "/api/v1/groups/{name}": {"post": _op("Add/remove group members: {add, remove}", ("name",), body=True)},
+    "/api/v1/rollouts": {"get": _op("Rollouts, newest first"),
+                         "post": _op("Start a rollout: {model, version, selector, waves, abort_if, timeout_s, rate}",
+                                     body=True, ok="201")},
+    "/api/v1/rollouts/{id}": {"get": _op("One rollout with its targets", ("id",))},
+    "/api/v1/rollouts/{id}/{action}": {"post": _op("pause | resume | cancel | rollback", ("id", "action"))},
+})

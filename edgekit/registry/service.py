@@ -1,4 +1,8 @@
-"""Run the registry: database + MQTT ingest + HTTP API in one process."""
+"""Run the registry: database + MQTT ingest + HTTP API + rollout engine in one process.
+
+Extra ingest-only workers (``rollouts=False``, same ``shared_group``, own ``client_id``) can run
+next to it against the same database; exactly one process should drive rollouts.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,33 @@ import signal
 import threading
 from pathlib import Path
 
+from edgekit.core.errors import TransportError
+
 from . import db
 from .http_api import RegistryHTTPServer
 from .ingest import Ingest
+from .rollout_engine import RolloutEngine
 
 
 class Registry:
     def __init__(self, db_url: str, store: Path, broker_host: str, broker_port: int,
-                 http_host: str = "127.0.0.1", http_port: int = 0, *, tls=None) -> None:
+                 http_host: str = "127.0.0.1", http_port: int = 0, *, tls=None, shared_group: str | None = None,
+                 client_id: str = "edgekit-registry", rollouts: bool = True, tick_s: float = 0.2,
+                 notice_signer=None) -> None:
         self.engine = db.open_db(db_url)
-        self.ingest = Ingest(self.engine, broker_host, broker_port, tls=tls)
+        self.ingest = Ingest(self.engine, broker_host, broker_port, client_id=client_id, shared_group=shared_group,
+                             tls=tls)
         self.http = RegistryHTTPServer((http_host, http_port), self.engine, store, self.ingest)
+        self.rollouts = RolloutEngine(self.engine, self._publish, lambda: self.http.base_url, tick_s,
+                                      can_send=lambda: self.ingest.conn.connected,
+                                      notice_signer=notice_signer) if rollouts else None
+        if self.rollouts:
+            self.http.wake_rollouts = self.rollouts.wake
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        if not self.ingest.conn.connected:
+            raise TransportError("registry is not connected to the broker; notice not sent")
+        self.ingest.conn.publish(topic, payload, qos=1, wait=False)
 
     @property
     def url(self) -> str:
@@ -25,12 +45,17 @@ class Registry:
     def start(self) -> "Registry":
         self.ingest.start()
         threading.Thread(target=self.http.serve_forever, name="registry-http", daemon=True).start()
+        if self.rollouts:
+            self.rollouts.start()
         return self
 
     def stop(self) -> None:
+        if self.rollouts:
+            self.rollouts.stop()
         self.http.shutdown()
         self.http.server_close()
         self.ingest.stop()
+        self.engine.dispose()
 
     def serve_forever(self, on_ready=lambda url: None) -> None:
         done = threading.Event()
