@@ -15,7 +15,10 @@ int8-static with MinMax / Entropy / Percentile calibration) is built in a fresh 
   onnxruntime CPU, intra/inter-op threads = 1;
 * cosine similarity of the outputs on the validation inputs;
 * task check: top-box IoU (nudenet; images where fp32 detects a face at >= 0.25), text-mask IoU at
-  0.3 (PP-OCR det), accuracy drop in points (sample model, labelled validation set).
+  0.3 (PP-OCR det), accuracy drop in points (sample model, labelled validation set);
+* the parity gate's verdict on the stock ``x86-64-gateway`` profile with the task declared
+  (``--task detection-yolo`` / ``text-mask`` / ``classification``, ADR 0007): ``gate.passed``,
+  which criterion decided, and the reasons (the same ``converters.gate`` code ``edgekit convert`` runs).
 
 Targets (issue 3): static int8 >= 3.5x smaller, >= 1.6x faster, cosine >= 0.99, IoU >= 0.9 on
 nudenet and PP-OCR det; sample model accuracy drop <= 0.5 point. ``targets`` in the JSON says
@@ -112,32 +115,51 @@ def model_specs(models: list[str], det_size: int, work: Path) -> list[dict]:
     if "nudenet" in models:
         specs.append({"model": "nudenet-320n", "path": wheel_models.extract("nudenet-320n", work), "input": "images",
                       "cal": synthetic.to_nchw([synthetic.people_scene(100 + i) for i in range(32)]),
-                      "val": synthetic.to_nchw([synthetic.people_scene(i) for i in range(32)]), "task": "box_iou"})
+                      "val": synthetic.to_nchw([synthetic.people_scene(i) for i in range(32)]), "task": "detection-yolo"})
     if "ppocr-det" in models:
         scene = lambda s: synthetic.text_scene(s, det_size, det_size)  # noqa: E731
         specs.append({"model": f"ppocr-v4-det-{det_size}", "path": wheel_models.extract("ppocr-v4-det", work),
-                      "input": "x", "task": "text_mask_iou",
+                      "input": "x", "task": "text-mask",
                       "cal": synthetic.to_nchw([scene(100 + i) for i in range(16)], OCR_MEAN, OCR_STD),
                       "val": synthetic.to_nchw([scene(i) for i in range(12)], OCR_MEAN, OCR_STD)})
     if "sample" in models:
         with np.load(SAMPLES / "calibration.npz") as c, np.load(SAMPLES / "validation.npz") as v:
             specs.append({"model": "digits-cnn (sample)", "path": SAMPLES / "digits_cnn.onnx", "input": "input",
-                          "cal": c["input"][:200], "val": v["input"], "labels": v["label"], "task": "accuracy"})
+                          "cal": c["input"][:200], "val": v["input"], "labels": v["label"], "task": "classification"})
     return specs
 
 
-def task_metric(spec: dict, ref: np.ndarray, got: np.ndarray) -> dict:
-    from converters.task_metrics import detection_iou, text_mask_iou
+def task_metric(spec: dict, ref: np.ndarray, got: np.ndarray, output: str, cand_path: Path, ref_path: Path,
+                base_ms: float, cand_ms: float) -> dict:
+    """The gate's own verdict (converters.gate on the stock x86-64-gateway profile, task declared),
+    plus the task figure under the name the targets use."""
+    from converters.data import Dataset
+    from converters.gate import Candidate, evaluate, gate_reasons
+    from converters.tasks import resolve
+    from edgekit.core.profiles import load_profile
 
-    if spec["task"] == "box_iou":
-        iou, n = detection_iou(ref, got, conf=0.25)
-        return {"task_iou": round(iou, 4), "images_with_detections": n}
-    if spec["task"] == "text_mask_iou":
-        return {"task_iou": round(float(np.mean([text_mask_iou(a, b) for a, b in zip(ref, got)])), 4),
-                "text_pixels_fp32": round(float((ref > 0.3).mean()), 4)}
-    acc = lambda y: float(np.mean(np.argmax(y, axis=-1) == spec["labels"]))  # noqa: E731
-    return {"accuracy_fp32": round(acc(ref), 5), "accuracy": round(acc(got), 5),
-            "accuracy_drop_points": round(100 * (acc(ref) - acc(got)), 3)}
+    profile = load_profile("x86-64-gateway")
+    labels = spec.get("labels")
+    task = resolve(spec["task"], {output: ref}, labels is not None)
+    data = Dataset({spec["input"]: spec["val"]}, labels)
+    entry = evaluate(Candidate("candidate", cand_path, None, cand_ms, {output: got}),
+                     Candidate("fp32", ref_path, None, base_ms, {output: ref}), data, profile, task)
+    reasons = gate_reasons(entry, profile, allow_slower=False)
+    out = {"gate": {"profile": profile.id, "task": task.name, "passed": not reasons,
+                    "decided_by": entry["criteria"][output]["decided_by"], "reasons": reasons,
+                    "elementwise_not_deciding": entry["criteria"][output].get("elementwise_not_deciding", [])}}
+    if spec["task"] == "classification":
+        acc = lambda y: float(np.mean(np.argmax(y, axis=-1) == labels))  # noqa: E731
+        out.update(accuracy_fp32=round(acc(ref), 5), accuracy=round(acc(got), 5),
+                   accuracy_drop_points=round(100 * (acc(ref) - acc(got)), 3))
+        return out
+    t = entry["task"]
+    out.update(task_iou=t["score"], task_samples=t["samples"])
+    if spec["task"] == "detection-yolo":
+        out["detection_set_iou"] = t["detection_set_iou"]
+    else:
+        out.update(min_image_iou=t["min_image_score"], text_pixels_fp32=t["reference_text_fraction"])
+    return out
 
 
 def bench_model(spec: dict, work: Path, runs: int, log) -> dict:
@@ -153,6 +175,7 @@ def bench_model(spec: dict, work: Path, runs: int, log) -> dict:
     cal_path = mdir / "cal.npz"
     np.savez(cal_path, **{spec["input"]: spec["cal"]})
     fp32 = session(spec["path"])
+    output = fp32.get_outputs()[0].name
     ref = run_all(fp32, spec["input"], spec["val"])
     src_bytes = spec["path"].stat().st_size
     result = {"model": spec["model"], "fp32_bytes": src_bytes, "input_shape": list(spec["val"].shape[1:]),
@@ -174,7 +197,8 @@ def bench_model(spec: dict, work: Path, runs: int, log) -> dict:
         entry = {"recipe": name, "bytes": out.stat().st_size, "size_ratio": round(src_bytes / out.stat().st_size, 3),
                  "fp32_p50_ms": round(base_ms, 3), "p50_ms": round(cand_ms, 3), "speedup": round(base_ms / cand_ms, 3),
                  "cosine": round(cosine(ref, got), 5), "conversion_s": step["seconds"],
-                 "conversion_peak_rss_bytes": step["peak_rss_bytes"], **task_metric(spec, ref, got)}
+                 "conversion_peak_rss_bytes": step["peak_rss_bytes"],
+                 **task_metric(spec, ref, got, output, out, spec["path"], base_ms, cand_ms)}
         result["recipes"].append(entry)
         log(f"  {json.dumps({k: v for k, v in entry.items() if k != 'recipe'})}")
     return result
@@ -195,7 +219,8 @@ def check_targets(results: list[dict]) -> list[dict]:
                   "cosine": best["cosine"] >= TARGETS["cosine"],
                   "task_iou": best["task_iou"] >= TARGETS["task_iou"]}
         out.append({"model": r["model"], "recipe": best["recipe"], **{k: best[k] for k in checks},
-                    "met": checks})
+                    "met": checks, "gate_passed": best["gate"]["passed"],
+                    "gate_decided_by": best["gate"]["decided_by"]})
     return out
 
 
@@ -223,7 +248,7 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'model':24} {'recipe':24} {'x_smaller':>9} {'x_faster':>8} {'cosine':>8} {'task':>8} {'conv_s':>7} "
-          f"{'peak_MB':>8}")
+          f"{'peak_MB':>8}  gate (stock x86-64-gateway, task declared)")
     for r in results:
         for e in r["recipes"]:
             if "skipped" in e:
@@ -231,7 +256,8 @@ def main(argv=None) -> int:
                 continue
             task = e.get("task_iou", e.get("accuracy_drop_points"))
             print(f"{r['model']:24} {e['recipe']:24} {e['size_ratio']:9.2f} {e['speedup']:8.2f} {e['cosine']:8.4f} "
-                  f"{task:8.3f} {e['conversion_s']:7.1f} {e['conversion_peak_rss_bytes'] / 2**20:8.0f}")
+                  f"{task:8.3f} {e['conversion_s']:7.1f} {e['conversion_peak_rss_bytes'] / 2**20:8.0f}  "
+                  f"{'pass' if e['gate']['passed'] else 'FAIL'} by {e['gate']['decided_by'][:40]}")
     print(f"wrote {args.out}")
     return 0
 

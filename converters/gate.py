@@ -1,8 +1,14 @@
 """The parity gate: run a candidate artifact and its fp32 reference on the same validation data
 (onnxruntime, one thread, same process) and decide whether the candidate may be released.
 
-Measures output parity (``edgekit.core.parity``), task accuracy when labels are given, single-
-sample latency, and size; thresholds come from the hardware profile's budgets/validation.
+Measures output parity (``edgekit.core.parity``), the task metric of a declared task
+(``converters.tasks``), task accuracy when labels are given, single-sample latency, and size;
+thresholds come from the hardware profile's budgets/validation.
+
+Decision rule (ADR 0007): for the output a detection/text task is declared on, the task metric
+against ``validation.min_task_score`` decides and the element-wise figures are reported only;
+every other output, and that one too when the validation data cannot exercise the task, is
+judged element-wise. ``entry["criteria"]`` says which criterion decided for each output.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from edgekit.core.errors import ModelError
 from edgekit.core.profiles import Profile
 
 from .data import Dataset
+from .tasks import DEFAULT_MIN_TASK_SCORE, TaskSpec, score
 
 LATENCY_RUNS = 50
 
@@ -67,7 +74,12 @@ class Candidate:
         return float(np.median(times))
 
 
-def evaluate(cand: Candidate, reference: Candidate, data: Dataset, profile: Profile) -> dict:
+def min_task_score(profile: Profile) -> float:
+    return float(profile.validation.get("min_task_score", DEFAULT_MIN_TASK_SCORE))
+
+
+def evaluate(cand: Candidate, reference: Candidate, data: Dataset, profile: Profile,
+             task: TaskSpec | None = None) -> dict:
     v = profile.validation
     got, ref = cand.outputs, reference.outputs
     outputs = {name: parity.compare(got[name], ref[name], v["atol"], v["rtol"]).as_dict() for name in ref}
@@ -80,17 +92,46 @@ def evaluate(cand: Candidate, reference: Candidate, data: Dataset, profile: Prof
         ref_acc = float(np.mean(np.argmax(ref[first], axis=-1) == data.labels))
         entry.update(accuracy=round(acc, 5), reference_accuracy=round(ref_acc, 5),
                      accuracy_drop=round(ref_acc - acc, 5))
+    if task is not None:
+        threshold = v["min_top1_agreement"] if task.name == "classification" else min_task_score(profile)
+        metric = score(task, got, ref, threshold)
+        if metric is not None:
+            metric["decides"] = task.decides_alone and metric["decidable"]
+            entry["task"] = metric
     return entry
 
 
+def _task_note(t: dict) -> str:
+    got = "n/a" if t["score"] is None else f"{t['score']:.4f}"
+    return f"{t['task']}: {t['metric']} {got} vs min {t['threshold']} over {t['samples']} samples"
+
+
 def gate_reasons(entry: dict, profile: Profile, *, allow_slower: bool) -> list[str]:
+    """Why ``entry`` may not be released (empty = it may); also records ``entry["criteria"]``:
+    per output, which criterion decided and the element-wise failures that did not."""
     b, v = profile.budgets, profile.validation
-    reasons = []
+    task = entry.get("task")
+    reasons: list[str] = []
+    criteria: dict[str, dict] = {}
     for name, m in entry["outputs"].items():
         pm = parity.ParityMetrics(**m)
-        reasons += [f"{name}: {r}" for r in parity.passes(pm, min_cosine=v["min_cosine"],
-                                                          min_top1_agreement=v["min_top1_agreement"],
-                                                          max_rel_error=b["max_output_rel_error"])]
+        elementwise = parity.passes(pm, min_cosine=v["min_cosine"], min_top1_agreement=v["min_top1_agreement"],
+                                    max_rel_error=b["max_output_rel_error"])
+        on_task = task is not None and task["output"] == name
+        if on_task and task["decides"]:
+            criteria[name] = {"decided_by": "task metric", "task": _task_note(task), "passed": task["passed"],
+                              "elementwise_not_deciding": elementwise}
+            if not task["passed"]:
+                reasons.append(f"{name}: {_task_note(task)}")
+            continue
+        decided = "element-wise"
+        if on_task and not task["decidable"]:
+            decided += f" (task metric undecidable on this data: {_task_note(task)})"
+        elif on_task:
+            decided += f" + {_task_note(task)}"
+        criteria[name] = {"decided_by": decided, "passed": not elementwise}
+        reasons += [f"{name}: {r}" for r in elementwise]
+    entry["criteria"] = criteria
     if entry.get("accuracy_drop", 0) > b["max_accuracy_drop"]:
         reasons.append(f"accuracy drop {entry['accuracy_drop']:.4f} > budget {b['max_accuracy_drop']}")
     if entry["bytes"] > b["max_model_bytes"]:

@@ -22,7 +22,7 @@ from edgekit.core.atomic import atomic_write_bytes, atomic_write_json, remove_tr
 from edgekit.core.errors import ModelError, ParityError, UsageError
 from edgekit.core.profiles import Profile
 
-from . import recipes
+from . import recipes, tasks
 from .checks import budget_verdicts, check_source, verdict_reasons
 from .data import Dataset
 from .gate import Candidate, evaluate, gate_reasons
@@ -96,7 +96,7 @@ def _sha256(path: Path) -> str:
 
 def _try_candidate(prec: str, prepared: Path, tmp: Path, profile: Profile, calibration: Dataset,
                    validation: Dataset, reference: Candidate, log: StepLog, *, method: str,
-                   forced: bool, progress) -> tuple[dict, Candidate | None, Path]:
+                   forced: bool, progress, task: tasks.TaskSpec | None = None) -> tuple[dict, Candidate | None, Path]:
     path = tmp / f"{prec}.onnx"
     with log.step(f"build {prec}") as build:
         try:
@@ -111,7 +111,7 @@ def _try_candidate(prec: str, prepared: Path, tmp: Path, profile: Profile, calib
         cand = Candidate.load(prec, path, validation)
         # time fp32 again right after the candidate, so machine load drifts hit both alike
         reference.latency_ms = reference.measure_latency(validation)
-        entry = evaluate(cand, reference, validation, profile)
+        entry = evaluate(cand, reference, validation, profile, task)
         verdicts = budget_verdicts(path, profile)
     entry.update(convert_s=build["seconds"], convert_peak_rss_bytes=build["peak_rss_bytes"], budgets=verdicts,
                  size_ratio=round(reference.path.stat().st_size / entry["bytes"], 3),
@@ -124,8 +124,10 @@ def _try_candidate(prec: str, prepared: Path, tmp: Path, profile: Profile, calib
 
 def convert_onnx(src: Path, profile: Profile, out_dir: Path, *, precision: str, calibration: Dataset,
                  validation: Dataset, progress=lambda msg: None, input_shapes: dict[str, list[int]] | None = None,
-                 calibration_method: str = "minmax") -> dict:
-    """Produce ``out_dir/<profile>/{model.onnx, golden.npz, report.json}``; return the report."""
+                 calibration_method: str = "minmax", task: str = "auto") -> dict:
+    """Produce ``out_dir/<profile>/{model.onnx, golden.npz, report.json}``; return the report.
+
+    ``task`` (``auto`` or one of ``converters.tasks.TASKS``) selects the task metric of the gate."""
     src = Path(src)
     if profile.engine != "onnxruntime":
         raise UsageError(f"profile {profile.id} runs {profile.engine}; this pipeline writes ONNX for onnxruntime")
@@ -162,11 +164,14 @@ def convert_onnx(src: Path, profile: Profile, out_dir: Path, *, precision: str, 
         with log.step("reference fp32"):
             reference = Candidate.load("fp32-reference", src, validation)
         report["reference_latency_ms"] = round(reference.latency_ms, 4)
+        spec = tasks.resolve(task, reference.outputs, validation.labels is not None)
+        report["task"] = spec.as_dict()
+        progress(f"{profile.id}: task {spec.name} ({spec.reason})")
         chosen = None
         for prec in wanted:
             entry, cand, path = _try_candidate(prec, prep.path, tmp, profile, calibration, validation, reference, log,
                                                method=calibration_method, forced=precision != "auto",
-                                               progress=progress)
+                                               progress=progress, task=spec)
             report["candidates"].append(entry)
             if entry["passed"]:
                 chosen = (cand, path)

@@ -4,7 +4,7 @@
   matched box IoU between two detection sets (1.0 = the same boxes with the same classes).
 * Text-detection probability maps (PP-OCR det): IoU of the masks thresholded at 0.3.
 
-numpy only; used by tests and ``benchmarks/quantization.py``.
+numpy only; used by the task-aware gate (``converters.tasks``), tests and ``benchmarks/quantization.py``.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from .data import Dataset
 from .gate import LATENCY_RUNS, Candidate, evaluate, gate_reasons
 from .onnx_pipeline import check_data, inspect_onnx
 from .steps import StepLog
+from .tasks import resolve as resolve_task
 
 TFLITE_ENGINES = ("tflite", "tflite-micro")
 # profile precision -> (converter precision, int8 inputs/outputs)
@@ -164,8 +165,10 @@ def _spec(d: dict, io_layout: str) -> dict:
 
 
 def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str, calibration: Dataset,
-                   validation: Dataset, progress=lambda msg: None) -> dict:
-    """Produce ``out_dir/<profile>/{model.tflite, golden.npz, report.json}``; return the report."""
+                   validation: Dataset, progress=lambda msg: None, task: str = "auto") -> dict:
+    """Produce ``out_dir/<profile>/{model.tflite, golden.npz, report.json}``; return the report.
+
+    ``task`` (``auto`` or one of ``converters.tasks.TASKS``) selects the task metric of the gate."""
     from converters.tflite import convert_onnx_to_tflite
 
     if profile.engine not in TFLITE_ENGINES:
@@ -189,6 +192,9 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
         with log.step("reference fp32 (onnxruntime)"):
             reference = Candidate.load("fp32-reference", src, validation)
         report["reference_latency_ms"] = round(reference.latency_ms, 4)
+        spec = resolve_task(task, reference.outputs, validation.labels is not None)
+        report["task"] = spec.as_dict()
+        progress(f"{profile.id}: task {spec.name} ({spec.reason})")
         built: dict[str, tuple[TfliteCandidate, dict, float]] = {}
 
         def build(prec: str) -> tuple[TfliteCandidate, dict, float]:
@@ -208,7 +214,7 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
         chosen: TfliteCandidate | None = None
         for prec in order:
             cand, conv, convert_s = build(prec)
-            entry = evaluate(cand, reference, validation, profile)
+            entry = evaluate(cand, reference, validation, profile, spec)
             entry.update(convert_s=round(convert_s, 3), ops=conv["ops"], coverage=conv["coverage"],
                          tflite_fp32_latency_ms=round(baseline.latency_ms, 4),
                          speedup_vs_tflite_fp32=round(baseline.latency_ms / max(cand.latency_ms, 1e-9), 3))

@@ -1,7 +1,8 @@
 """Real third-party models through `edgekit convert` (CLI, image folders, declared preprocessing):
-nudenet YOLOv8n and PP-OCRv4 det from their PyPI wheels, on generated scenes with faces / text.
-Checks the task, not only raw diffs: box IoU of the top detection, text-mask IoU at 0.3.
-Each model converts once per session (module-scoped fixtures)."""
+nudenet YOLOv8n and PP-OCRv4 det from their PyPI wheels, on generated scenes with faces / text,
+with the STOCK x86-64-gateway profile and the task-aware gate (`--task detection-yolo|text-mask`,
+ADR 0007). Checks the task, not only raw diffs: box IoU of the top detection, text-mask IoU at
+0.3, recomputed here independently of the gate. Each model converts once per module."""
 
 from __future__ import annotations
 
@@ -20,17 +21,6 @@ from edgekit.core.profiles import profiles_dir
 
 YOLO_PRE = "resize=320x320,scale=1/255,layout=NCHW"
 OCR_PRE = "resize=320x320,scale=1/255,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW"
-
-
-def detector_profile(folder, min_cosine: float) -> str:
-    """x86 gateway with the element-wise error budget opened up: raw YOLO/DB heads carry box
-    coordinates of background anchors that swing freely; the task checks below judge instead."""
-    text = (profiles_dir() / "x86-64-gateway.toml").read_text().replace('id = "x86-64-gateway"', 'id = "detector-box"')
-    text = text.replace("max_output_rel_error = 0.1 ", "max_output_rel_error = 1.0 ")
-    text = text.replace("min_cosine = 0.99", f"min_cosine = {min_cosine}")
-    path = folder / "detector-box.toml"
-    path.write_text(text)
-    return str(path)
 
 
 def write_images(folder, images):
@@ -60,11 +50,11 @@ def nudenet(tmp_path_factory):
     model = wheel_models.extract("nudenet-320n", work)
     cal = write_images(work / "cal", [synthetic.people_scene(100 + i) for i in range(24)])
     val = write_images(work / "val", [synthetic.people_scene(i) for i in range(24)])
-    res = cli_convert(model, "-p", detector_profile(work, 0.99), "--calibration", cal, "--validation", val,
-                      "--preprocess", YOLO_PRE, "--out", work / "out")
+    res = cli_convert(model, "-p", "x86-64-gateway", "--task", "detection-yolo", "--calibration", cal,
+                      "--validation", val, "--preprocess", YOLO_PRE, "--out", work / "out")
     assert res.exit_code == 0, res.output
-    return {"model": model, "report": json.loads(res.stdout)[0], "artifact": work / "out" / "detector-box" / "model.onnx",
-            "x": load_image_folder(val, YOLO_PRE, 100)}
+    return {"model": model, "report": json.loads(res.stdout)[0], "artifact": work / "out" / "x86-64-gateway" / "model.onnx",
+            "x": load_image_folder(val, YOLO_PRE, 100), "work": work, "val": val, "cal": cal}
 
 
 @pytest.fixture(scope="module")
@@ -73,21 +63,28 @@ def ppocr_det(tmp_path_factory):
     model = wheel_models.extract("ppocr-v4-det", work)
     cal = write_images(work / "cal", [synthetic.text_scene(100 + i) for i in range(24)])
     val = write_images(work / "val", [synthetic.text_scene(i) for i in range(12)])
-    # min_cosine 0.9: static int8 reaches cosine 0.95-0.97 on this model here (the benchmark reports it
-    # against the 0.99 target); the text mask is what OCR uses, and that is held to IoU >= 0.85 below.
-    res = cli_convert(model, "-p", detector_profile(work, 0.9), "--precision", "int8-static", "--calibration", cal,
+    # stock profile: static int8 reaches cosine ~0.95 here (< min_cosine 0.99, reported), the text mask
+    # OCR uses is what decides (measured: IoU 0.934 mean, 0.89 worst image, min_task_score 0.9)
+    res = cli_convert(model, "-p", "x86-64-gateway", "--task", "text-mask", "--calibration", cal,
                       "--validation", val, "--preprocess", OCR_PRE, "--out", work / "out")
     assert res.exit_code == 0, res.output
-    return {"model": model, "report": json.loads(res.stdout)[0], "artifact": work / "out" / "detector-box" / "model.onnx",
+    return {"model": model, "report": json.loads(res.stdout)[0], "artifact": work / "out" / "x86-64-gateway" / "model.onnx",
             "x": load_image_folder(val, OCR_PRE, 100), "work": work, "val": val, "cal": cal}
 
 
 def test_nudenet_auto_picks_static_int8_smaller_and_same_boxes(nudenet):
     r = nudenet["report"]
     assert r["precision"] == "int8-static", r["candidates"]
+    assert r["task"] == {"task": "detection-yolo", "output": "output0",
+                         "reason": "declared: --task detection-yolo on output output0"}
     c = r["candidates"][0]
     assert c["size_ratio"] >= 3.5, c["size_ratio"]
     assert c["outputs"]["output0"]["cosine"] >= 0.99
+    # the task metric decided; the element-wise max-error failure is still reported, not hidden
+    t, crit = c["task"], c["criteria"]["output0"]
+    assert t["decides"] and t["passed"] and t["score"] >= 0.9 and t["threshold"] == 0.9 and t["samples"] >= 4
+    assert crit["decided_by"] == "task metric"
+    assert any("of the output range (budget 0.1)" in x for x in crit["elementwise_not_deciding"]), crit
     assert r["fixed_input_shapes"] == {"images": [1, 3, 320, 320]}
     ref = run_all(nudenet["model"], "images", nudenet["x"])
     got = run_all(nudenet["artifact"], "images", nudenet["x"])
@@ -100,12 +97,17 @@ def test_ppocr_det_static_int8_keeps_the_text_mask(ppocr_det):
     r = ppocr_det["report"]
     c = r["candidates"][0]
     assert r["precision"] == "int8-static" and c["size_ratio"] >= 3.4, c["size_ratio"]
+    t = c["task"]
+    assert t["decides"] and t["passed"] and t["score"] >= 0.9 and t["samples"] == 12, t
+    assert c["criteria"]["sigmoid_0.tmp_0"]["decided_by"] == "task metric"
+    assert any(x.startswith("cosine") for x in c["criteria"]["sigmoid_0.tmp_0"]["elementwise_not_deciding"])
     assert any(s["step"] == "upgrade-opset" for s in r["steps"]) and r["source_opset"] == 12 and r["opset"] >= 13
     ref = run_all(ppocr_det["model"], "x", ppocr_det["x"])
     got = run_all(ppocr_det["artifact"], "x", ppocr_det["x"])
     assert (ref > 0.3).mean() > 0.02, "the generated text must light up the fp32 probability map"
     ious = [text_mask_iou(a, b) for a, b in zip(ref, got)]
-    assert np.mean(ious) >= 0.85 and min(ious) >= 0.7, ious
+    assert np.mean(ious) >= 0.9 and min(ious) >= 0.8, ious
+    assert abs(np.mean(ious) - t["score"]) < 1e-3     # the gate measured the same thing
 
 
 def test_ppocr_det_fp16_is_validated_not_trusted(ppocr_det):
@@ -123,3 +125,71 @@ def test_ppocr_det_fp16_is_validated_not_trusted(ppocr_det):
     assert err["code"] == "parity" and "sigmoid_0.tmp_0" in err["message"]
     assert out["cosine"] < 0.99 or out["relative_max_diff"] > 0.1
     assert not (work / "fp16" / "gpu-box").exists()
+
+
+def test_nudenet_without_task_keeps_elementwise_budget_and_fp32(nudenet):
+    """No --task: auto picks `raw` for a [1, 84, 2100] head and says why; the element-wise budget
+    still decides, so int8 is dropped with the max-error reason and fp32 ships (nothing loosened)."""
+    work = nudenet["work"]
+    res = CliRunner().invoke(cli, ["convert", str(nudenet["model"]), "-p", "x86-64-gateway", "--calibration",
+                                   str(nudenet["cal"]), "--validation", str(nudenet["val"]), "--preprocess", YOLO_PRE,
+                                   "--out", str(work / "raw")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "task raw (auto: output output0 [24, 22, 2100] is not [N, C] class scores" in res.stderr
+    r = json.loads((work / "raw" / "x86-64-gateway" / "report.json").read_text())
+    assert r["task"]["task"] == "raw" and r["precision"] == "fp32"
+    int8 = r["candidates"][0]
+    assert int8["precision"] == "int8-static" and not int8["passed"] and "task" not in int8
+    assert int8["criteria"]["output0"]["decided_by"] == "element-wise"
+    assert any("of the output range (budget 0.1)" in x for x in int8["reasons"]), int8["reasons"]
+    assert "decided by element-wise" in res.stdout
+
+
+def test_int8_with_corrupt_calibration_is_refused_by_the_task_metric(nudenet, tmp_path):
+    """Calibrating on black frames collapses the activation ranges: the detector's boxes are gone.
+    The task metric must refuse the forced int8 (exit 4, the IoU in the message), nothing written."""
+    from PIL import Image
+
+    bad = tmp_path / "black"
+    bad.mkdir()
+    for i in range(8):
+        Image.fromarray(np.zeros((320, 320, 3), np.uint8)).save(bad / f"{i}.png")
+    res = cli_convert(nudenet["model"], "-p", "x86-64-gateway", "--task", "detection-yolo", "--precision",
+                      "int8-static", "--calibration", bad, "--validation", nudenet["val"], "--preprocess", YOLO_PRE,
+                      "--out", tmp_path / "out")
+    assert res.exit_code == 4, res.output
+    err = json.loads(res.stderr)["error"]
+    assert err["code"] == "parity" and "output0: detection-yolo: top-box IoU" in err["message"]
+    cand = err["details"]["report"][0]
+    assert cand["task"]["score"] < 0.5 and not cand["task"]["passed"]
+    assert cand["criteria"]["output0"]["decided_by"] == "task metric"
+    assert not (tmp_path / "out" / "x86-64-gateway").exists()
+
+
+def test_release_manifest_says_which_criterion_let_the_artifact_through(nudenet):
+    from edgekit.core.bundle import validate_manifest
+    from edgekit.release import build_manifest
+
+    m = build_manifest(nudenet["report"], name="nudenet", version="1.0.0", release=1)
+    validate_manifest(m)
+    assert m["parity"]["task"]["task"] == "detection-yolo" and m["parity"]["task"]["passed"]
+    assert m["parity"]["criteria"]["output0"]["decided_by"] == "task metric"
+    assert m["parity"]["criteria"]["output0"]["elementwise_not_deciding"]
+
+
+def test_tflite_path_uses_the_same_task_gate(nudenet):
+    """pixel-8 (TFLite, NHWC): before the task gate its int8 nudenet was refused on max error alone
+    (0.18-0.44 of the output range from background anchors). With --task detection-yolo the top-box
+    IoU decides (measured 0.92), and the element-wise failure is still reported."""
+    work = nudenet["work"]
+    res = cli_convert(nudenet["model"], "-p", "pixel-8", "--task", "detection-yolo", "--calibration", nudenet["cal"],
+                      "--validation", nudenet["val"], "--preprocess", YOLO_PRE, "--out", work / "tflite")
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)[0]
+    assert r["format"] == "tflite" and r["task"]["task"] == "detection-yolo"
+    int8 = r["candidates"][0]
+    assert int8["precision"] == "int8-static" and int8["criteria"]["output0"]["decided_by"] == "task metric"
+    assert int8["criteria"]["output0"]["elementwise_not_deciding"], "the max-error failure must stay visible"
+    assert int8["task"]["samples"] >= 4
+    # whichever way it went, the task metric is what decided int8's fate
+    assert (r["precision"] == "int8-static") == int8["task"]["passed"] == (int8["task"]["score"] >= 0.9)

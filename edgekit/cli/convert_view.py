@@ -35,12 +35,35 @@ def candidates_table(report: dict) -> str:
             "cosine": f"{min(o['cosine'] for o in outs):.4f}",
             "rel_err": f"{max(o['relative_max_diff'] for o in outs):.3g}",
             "acc_drop": c.get("accuracy_drop"),
+            "task": _task(c),
             "peak_MB": _peak(c),
             "verdict": "chosen" if c["precision"] == report.get("precision") else ("ok" if c["passed"] else "dropped"),
             "why": "; ".join(c["reasons"]),
         })
     return table(rows, ["precision", "MB", "x_smaller", "ms", "x_faster", "cosine", "rel_err", "acc_drop",
-                        "peak_MB", "verdict", "why"])
+                        "task", "peak_MB", "verdict", "why"])
+
+
+def _task(c: dict) -> str:
+    t = c.get("task")
+    if not t:
+        return "-"
+    return "n/a" if t["score"] is None else f"{t['score']:.3f}" + ("*" if t.get("decides") else "")
+
+
+def criteria_lines(report: dict) -> list[str]:
+    """Which criterion decided each output of the chosen (else last) candidate."""
+    chosen = next((c for c in report["candidates"] if c["precision"] == report.get("precision")),
+                  report["candidates"][-1] if report["candidates"] else {})
+    lines = []
+    for name, crit in chosen.get("criteria", {}).items():
+        line = f"  {name}: decided by {crit['decided_by']}"
+        if crit.get("task"):
+            line += f" [{crit['task']}]"
+        if crit.get("elementwise_not_deciding"):
+            line += f"; element-wise (reported, not deciding): {'; '.join(crit['elementwise_not_deciding'])}"
+        lines.append(line)
+    return lines
 
 
 def steps_table(report: dict) -> str:
@@ -56,7 +79,13 @@ def render(report: dict) -> str:
             f"fp32 reference {ref_ms:.2f} ms, 1 thread)")
     fixed = report.get("fixed_input_shapes")
     extra = f"\nfixed input shapes: {fixed}" if fixed else ""
+    if report.get("task"):
+        t = report["task"]
+        extra += f"\ntask: {t['task']} ({t['reason']})" + ("; * = the task metric decides" if t["output"] else "")
     parts = [head + extra, candidates_table(report)]
+    crit = criteria_lines(report)
+    if crit:
+        parts += ["parity criteria (" + report["precision"] + "):", *crit]
     if report.get("steps"):
         parts += ["", steps_table(report)]
     return "\n".join(parts)

@@ -27,6 +27,14 @@ Examples:
       --calibration imgs/ --validation val_imgs/ --preprocess resize=320x320,scale=1/255,layout=NCHW
   edgekit convert model.onnx -p jetson-orin-nano --precision fp16 --calibration cal.npz --validation val.npz
   edgekit convert model.onnx -p x86-64-gateway --precision int8-static --calibration-method percentile ...
+  edgekit convert 320n.onnx -p x86-64-gateway --task detection-yolo --calibration imgs/ --validation val_imgs/ \\
+      --preprocess resize=320x320,scale=1/255,layout=NCHW
+
+\b
+--task decides how a detection/text head is judged: the task metric vs fp32 (box IoU of the top
+detection, text-mask IoU at 0.3) must reach the profile's validation.min_task_score; the
+element-wise figures of that output are still reported. auto = classification for [N, C] scores
+or labelled data (element-wise + top-1 checks), else raw (element-wise only).
 """
 
 
@@ -45,6 +53,10 @@ Examples:
                    "fp32; a forced precision that fails exits non-zero with the numbers.")
 @click.option("--calibration-method", default="minmax", show_default=True,
               type=click.Choice(["minmax", "entropy", "percentile"]), help="Activation range calibration (int8-static).")
+@click.option("--task", default="auto", show_default=True,
+              type=click.Choice(["auto", "classification", "detection-yolo", "text-mask", "raw"]),
+              help="What the model's output is for; the parity gate judges detection/text heads by their task "
+                   "metric (see above). The chosen task and why are printed and stored in report.json.")
 @click.option("--input-shape", "input_shape_specs", multiple=True, metavar="NAME:D1,D2,...",
               help="Fix a dynamic input shape, e.g. images:1,3,640,640 (repeatable). Profiles that need static "
                    "shapes get them from the validation data otherwise.")
@@ -55,7 +67,7 @@ Examples:
 @click.option("--max-samples", default=1000, show_default=True, help="Cap on calibration/validation samples.")
 @json_option
 def convert(model: Path, profile_ids: tuple[str, ...], calibration: Path, validation: Path, precision: str,
-            calibration_method: str, input_shape_specs: tuple[str, ...], preprocess: str | None, out: Path,
+            calibration_method: str, task: str, input_shape_specs: tuple[str, ...], preprocess: str | None, out: Path,
             max_samples: int, as_json: bool) -> None:
     def body():
         import tempfile
@@ -93,11 +105,11 @@ def convert(model: Path, profile_ids: tuple[str, ...], calibration: Path, valida
                 for p in bar:
                     if p.engine in TFLITE_ENGINES:
                         reports.append(convert_tflite(src, p, out, precision=precision, calibration=cal,
-                                                      validation=val, progress=say))
+                                                      validation=val, progress=say, task=task))
                     else:
                         reports.append(convert_onnx(src, p, out, precision=precision, calibration=cal,
                                                     validation=val, progress=say, input_shapes=shapes,
-                                                    calibration_method=calibration_method))
+                                                    calibration_method=calibration_method, task=task))
         if as_json:
             return emit_json(reports)
         for r in reports:

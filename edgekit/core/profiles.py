@@ -88,6 +88,7 @@ SCHEMA: dict[str, Any] = {
         "rtol": ((int, float), True, non_negative),
         "min_top1_agreement": ((int, float), True, fraction),
         "min_cosine": ((int, float), True, fraction),
+        "min_task_score": ((int, float), False, fraction),   # task metric budget (converters.tasks); default 0.9
     },
 }
 
