@@ -21,7 +21,7 @@ import numpy as np
 from edgekit.core import messages, tensors, topics
 from edgekit.core.drift import Sketch
 from edgekit.core.atomic import atomic_write_json, read_json
-from edgekit.core.errors import BundleError, EdgekitError, MessageError, ModelError
+from edgekit.core.errors import BundleError, EdgekitError, ModelError
 from edgekit.core.mqtt import MqttConnection, TlsFiles, Will, reply
 from edgekit.core.profiles import load_profile
 

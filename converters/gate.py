@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core import parity
-from edgekit.core.errors import ModelError
+from edgekit.core.errors import ModelError, UsageError
 from edgekit.core.profiles import Profile
 
 from .data import Dataset
@@ -139,3 +139,20 @@ def gate_reasons(entry: dict, profile: Profile, *, allow_slower: bool) -> list[s
     if not allow_slower and entry["latency_ms"] > entry["reference_latency_ms"]:
         reasons.append(f"slower than fp32 ({entry['latency_ms']:.3f} ms vs {entry['reference_latency_ms']:.3f} ms)")
     return reasons
+
+
+def choose_precisions(profile: Profile, precision: str, available, kind: str, *, fp32_fallback: bool) -> list[str]:
+    """Candidates to try, in order: ``auto`` = the profile's preferred precisions this pipeline can
+    build (plus fp32 last when ``fp32_fallback``); a forced precision must be buildable and allowed."""
+    if precision == "auto":
+        cands = [p for p in profile.precisions if p in available]
+        if fp32_fallback and "fp32" not in cands:
+            cands.append("fp32")
+        return cands or ["fp32"]
+    if precision not in available:
+        raise UsageError(f"precision {precision!r} is not available for {kind} profiles; use one of "
+                         f"{', '.join(available)} or auto")
+    if precision not in profile.precisions:
+        raise UsageError(f"profile {profile.id} does not allow precision {precision!r}; it allows "
+                         f"{', '.join(profile.precisions)}")
+    return [precision]

@@ -25,7 +25,7 @@ from edgekit.core.profiles import Profile
 from . import recipes, tasks
 from .checks import budget_verdicts, check_source, verdict_reasons
 from .data import Dataset
-from .gate import Candidate, evaluate, gate_reasons
+from .gate import Candidate, choose_precisions, evaluate, gate_reasons
 from .preprocess import load_source, prepare
 from .steps import StepLog
 
@@ -71,19 +71,6 @@ def check_data(info: dict, data: Dataset, what: str) -> None:
         if arr.ndim != len(spec["shape"]) or any(arr.shape[i] != d for i, d in fixed):
             raise UsageError(f"{what} data for {spec['name']!r} has shape {list(arr.shape)}; the model takes "
                              f"{spec['shape']} (first axis = samples)")
-
-
-def _choose(profile: Profile, precision: str) -> list[str]:
-    if precision == "auto":
-        cands = [p for p in profile.precisions if p in ONNX_PRECISIONS]
-        return cands + (["fp32"] if "fp32" not in cands else [])
-    if precision not in ONNX_PRECISIONS:
-        raise UsageError(f"precision {precision!r} is not available for ONNX profiles; use one of "
-                         f"{', '.join(ONNX_PRECISIONS)} or auto")
-    if precision not in profile.precisions:
-        raise UsageError(f"profile {profile.id} does not allow precision {precision!r}; it allows "
-                         f"{', '.join(profile.precisions)}")
-    return [precision]
 
 
 def _sha256(path: Path) -> str:
@@ -134,7 +121,7 @@ def convert_onnx(src: Path, profile: Profile, out_dir: Path, *, precision: str, 
     if calibration_method not in recipes.CALIBRATION_METHODS:
         raise UsageError(f"unknown calibration method {calibration_method!r}; use one of "
                          f"{', '.join(recipes.CALIBRATION_METHODS)}")
-    wanted = _choose(profile, precision)
+    wanted = choose_precisions(profile, precision, ONNX_PRECISIONS, "ONNX", fp32_fallback=True)
     info = inspect_onnx(src)
     check_data(info, calibration, "calibration")
     check_data(info, validation, "validation")

@@ -38,7 +38,7 @@ from edgekit.core.errors import ParityError, UsageError
 from edgekit.core.profiles import Profile
 
 from .data import Dataset
-from .gate import LATENCY_RUNS, Candidate, evaluate, gate_reasons
+from .gate import LATENCY_RUNS, Candidate, choose_precisions, evaluate, gate_reasons
 from .onnx_pipeline import check_data, inspect_onnx
 from .steps import StepLog
 from .tasks import resolve as resolve_task
@@ -127,18 +127,6 @@ class TfliteCandidate:
         return float(np.median(times))
 
 
-def choose_precisions(profile: Profile, precision: str) -> list[str]:
-    if precision == "auto":
-        return [p for p in profile.precisions if p in RECIPES] or ["fp32"]
-    if precision not in RECIPES:
-        raise UsageError(f"precision {precision!r} is not available for TFLite profiles; use one of "
-                         f"{', '.join(RECIPES)} or auto")
-    if precision not in profile.precisions:
-        raise UsageError(f"profile {profile.id} does not allow precision {precision!r}; it allows "
-                         f"{', '.join(profile.precisions)}")
-    return [precision]
-
-
 def _io_layout(profile: Profile) -> str:
     return "nhwc" if profile.raw["runtime"].get("layout", "NHWC") == "NHWC" else "nchw"
 
@@ -176,7 +164,7 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
     info = inspect_onnx(src)
     check_data(info, calibration, "calibration")
     check_data(info, validation, "validation")
-    order = choose_precisions(profile, precision)
+    order = choose_precisions(profile, precision, RECIPES, "TFLite", fp32_fallback=False)
     io_layout = _io_layout(profile)
     shapes = {s["name"]: [1, *validation.inputs[s["name"]].shape[1:]] for s in info["inputs"]}
     source_bytes = src.read_bytes()

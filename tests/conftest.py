@@ -48,17 +48,8 @@ def secure_broker(tmp_path, pki):
 
 @pytest.fixture
 def secure_agent_factory(tmp_path, secure_broker, keystore):
-    started: list[Proc] = []
-
-    def start(device="dev-1", profile="raspberry-pi-4", telemetry_s=1.0) -> Proc:
-        proc = start_agent(tmp_path, device, profile, secure_broker, keystore.root_path, telemetry_s)
-        started.append(proc)
-        proc.ready()
-        return proc
-
-    yield start
-    for p in started:
-        p.stop()
+    """Agent subprocesses enrolled in the fleet PKI, on the mTLS broker."""
+    yield from _agents(tmp_path, secure_broker, keystore)
 
 
 @pytest.fixture(scope="session")
@@ -128,8 +119,7 @@ def registry(tmp_path, broker, keystore):
     reg.stop()
 
 
-@pytest.fixture
-def agent_factory(tmp_path, broker, keystore):
+def _agents(tmp_path, broker, keystore):
     started: list[Proc] = []
 
     def start(device="dev-1", profile="raspberry-pi-4", telemetry_s=1.0) -> Proc:
@@ -141,6 +131,12 @@ def agent_factory(tmp_path, broker, keystore):
     yield start
     for p in started:
         p.stop()
+
+
+@pytest.fixture
+def agent_factory(tmp_path, broker, keystore):
+    """start(device, profile, telemetry_s) -> a running `edgekit-agent run` subprocess on the plain broker."""
+    yield from _agents(tmp_path, broker, keystore)
 
 
 def python() -> str:

@@ -75,13 +75,13 @@ def build_targets(files: dict[str, bytes], version: int, expires: dt.datetime,
     return Metadata(Targets(version=version, expires=expires, targets=targets))
 
 
-def load_root(raw: bytes) -> Metadata[Root]:
+def load_root(raw: bytes, what: str = "provisioned root.json") -> Metadata[Root]:
     try:
         md = Metadata[Root].from_bytes(raw)
     except (tuf_exc.RepositoryError, ValueError, KeyError, TypeError) as exc:
-        raise TrustError(f"provisioned root.json is not valid root metadata: {exc}") from None
+        raise TrustError(f"{what} is not valid root metadata: {exc}") from None
     if md.signed.type != Root.type:
-        raise TrustError("provisioned root.json is not a root role document")
+        raise TrustError(f"{what} is not a root role document")
     return md
 
 
@@ -180,13 +180,7 @@ def notice_keys(root: Root) -> tuple[list, int]:
 
 # -- root rotation: devices follow root N -> N+1 -> ... offline ----------------------------------
 def _parse_root(raw: bytes) -> Metadata[Root]:
-    try:
-        md = Metadata[Root].from_bytes(raw)
-    except (tuf_exc.RepositoryError, ValueError, KeyError, TypeError) as exc:
-        raise TrustError(f"a root metadata document carried for rotation is malformed: {exc}") from None
-    if md.signed.type != Root.type:
-        raise TrustError("a document carried as root metadata is not a root")
-    return md
+    return load_root(raw, "a root document carried for rotation")
 
 
 def next_root(trusted: Metadata[Root], raw: bytes) -> Metadata[Root]:
