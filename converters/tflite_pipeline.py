@@ -14,7 +14,10 @@ Precisions (profile names -> converter recipe):
   per-channel int8 weights behind DEQUANTIZE, float compute; no hybrid kernels);
 * ``int8-static``: full-integer kernels, float inputs/outputs (QUANTIZE / DEQUANTIZE at the edges);
 * ``int8-full``: full-integer with int8 inputs/outputs (Edge TPU, microcontrollers). The golden
-  vectors then hold int8 inputs/outputs; the parity gate compares dequantized outputs.
+  vectors then hold int8 inputs/outputs; the parity gate compares dequantized outputs;
+* ``int16x8``: int16 activations, int8 weights, float I/O (TFLite's 16x8 scheme), for models whose
+  activations per-tensor int8 cannot represent. XNNPACK has no 16x8 kernels: it runs on the
+  builtin integer kernels, slower than fp32 with XNNPACK on a CPU, so ``auto`` never picks it.
 
 I/O layout: profiles declaring ``layout = "NHWC"`` get NHWC 4-D inputs/outputs (no transposes at
 the model edges); the report's ``inputs``/``outputs`` and the golden vectors use the artifact's
@@ -44,7 +47,10 @@ from .onnx_pipeline import check_data, inspect_onnx
 TFLITE_ENGINES = ("tflite", "tflite-micro")
 # profile precision -> (converter precision, int8 inputs/outputs)
 RECIPES = {"fp32": ("fp32", False), "fp16": ("fp16", False), "int8-dynamic": ("int8-weights", False),
-           "int8-static": ("int8-full", False), "int8-full": ("int8-full", True)}
+           "int8-static": ("int8-full", False), "int8-full": ("int8-full", True),
+           "int16x8": ("int16x8", False)}
+CALIBRATED = ("int8-full", "int16x8", "int8-weights")   # int8-weights: data only for bias correction
+EXPLICIT_ONLY = ("int16x8",)   # never picked by auto: on CPUs it is slower than fp32 (no XNNPACK kernels)
 FP32_MAX_REL_DIFF = 1e-4     # fp32 must match onnxruntime to 1e-4 x the output's scale
 
 
@@ -127,7 +133,7 @@ class TfliteCandidate:
 
 def choose_precisions(profile: Profile, precision: str) -> list[str]:
     if precision == "auto":
-        return [p for p in profile.precisions if p in RECIPES] or ["fp32"]
+        return [p for p in profile.precisions if p in RECIPES and p not in EXPLICIT_ONLY] or ["fp32"]
     if precision not in RECIPES:
         raise UsageError(f"precision {precision!r} is not available for TFLite profiles; use one of "
                          f"{', '.join(RECIPES)} or auto")
@@ -163,12 +169,19 @@ def _spec(d: dict, io_layout: str) -> dict:
 
 
 def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str, calibration: Dataset,
-                   validation: Dataset, progress=lambda msg: None) -> dict:
-    """Produce ``out_dir/<profile>/{model.tflite, golden.npz, report.json}``; return the report."""
+                   validation: Dataset, progress=lambda msg: None, dynamic_batch: bool = False) -> dict:
+    """Produce ``out_dir/<profile>/{model.tflite, golden.npz, report.json}``; return the report.
+
+    ``dynamic_batch`` asks for a resizable batch axis inside the artifact (checked by running a
+    batch of 3 against batch-1 runs; where a graph cannot, the report's ``batch.reason`` says why
+    and the artifact keeps batch 1, served row by row by the agent)."""
     from converters.tflite import convert_onnx_to_tflite
 
     if profile.engine not in TFLITE_ENGINES:
         raise UsageError(f"profile {profile.id} runs {profile.engine}; this pipeline writes TFLite")
+    if dynamic_batch and (profile.raw["runtime"].get("static_shapes") or profile.engine == "tflite-micro"):
+        raise UsageError(f"profile {profile.id} needs static shapes: a resizable batch is not possible there",
+                         hint="Drop --dynamic-batch; the agent serves batches row by row on batch-1 artifacts.")
     info = inspect_onnx(src)
     check_data(info, calibration, "calibration")
     check_data(info, validation, "validation")
@@ -191,8 +204,8 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
                 path = tmp / f"{prec}.tflite"
                 t0 = time.perf_counter()
                 conv = convert_onnx_to_tflite(src, path, precision=kind, io_layout=io_layout, input_shapes=shapes,
-                                              calibration=calibration.inputs if kind == "int8-full" else None,
-                                              int8_io=int8_io)
+                                              calibration=calibration.inputs if kind in CALIBRATED else None,
+                                              int8_io=int8_io, dynamic_batch=dynamic_batch)
                 convert_s = time.perf_counter() - t0
                 built[prec] = (TfliteCandidate.load(prec, path, validation, io_layout), conv, convert_s)
             return built[prec]
@@ -203,6 +216,7 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
             cand, conv, convert_s = build(prec)
             entry = evaluate(cand, reference, validation, profile)
             entry.update(convert_s=round(convert_s, 3), ops=conv["ops"], coverage=conv["coverage"],
+                         batch=conv["batch"],
                          tflite_fp32_latency_ms=round(baseline.latency_ms, 4),
                          speedup_vs_tflite_fp32=round(baseline.latency_ms / max(cand.latency_ms, 1e-9), 3))
             reasons = gate_reasons(entry, profile, allow_slower=True)
@@ -235,6 +249,7 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
     report.update(precision=chosen.name, artifact="model.tflite", artifact_bytes=len(artifact),
                   artifact_sha256=hashlib.sha256(artifact).hexdigest(), engine=profile.engine, format="tflite",
                   golden_vectors=k, inputs=[_spec(d, io_layout) for d in chosen._in],
+                  batch=built[chosen.name][1]["batch"],
                   outputs=[_spec(d, io_layout) for d in chosen._out])
     report["size_ratio"] = round(report["source_bytes"] / report["artifact_bytes"], 3)
     atomic_write_json(dest / "report.json", report)

@@ -18,19 +18,23 @@ from .common import emit_json, json_option, keys_option, pki_option, registry_op
 @click.option("--validation", type=click.Path(exists=True, path_type=Path), required=True,
               help="Validation data (same formats; an optional 'label' array enables the accuracy check).")
 @click.option("--precision", default="auto", show_default=True,
-              type=click.Choice(["auto", "fp32", "fp16", "int8-dynamic", "int8-static", "int8-full"]),
+              type=click.Choice(["auto", "fp32", "fp16", "int8-dynamic", "int8-static", "int8-full", "int16x8"]),
               help="auto = the profile's preferred precision that passes the parity gate and is not slower.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True)
 @click.option("--max-samples", default=1000, show_default=True, help="Cap on calibration/validation samples.")
+@click.option("--dynamic-batch", is_flag=True,
+              help="TFLite: make the batch axis resizable inside the artifact "
+                   "(checked; kept at 1 if the graph cannot).")
 @json_option
 def convert(model: Path, profile_ids: tuple[str, ...], calibration: Path, validation: Path, precision: str,
-            out: Path, max_samples: int, as_json: bool) -> None:
+            out: Path, max_samples: int, dynamic_batch: bool, as_json: bool) -> None:
     """Convert MODEL (.onnx) for each --profile, prove parity on --validation, write OUT/<profile>/.
 
     Each folder holds the artifact, golden vectors and report.json (size, latency vs fp32,
     parity, accuracy). An artifact that fails the profile's budgets is never written.
     Profiles whose engine is tflite / tflite-micro get a .tflite written without TensorFlow
-    (fp32, fp16, int8-static = integer kernels with float I/O, int8-full = int8 I/O).
+    (fp32, fp16, int8-static = integer kernels with float I/O, int8-full = int8 I/O,
+    int16x8 = int16 activations + int8 weights, only when asked for).
     """
     def body():
         from converters.data import load_dataset
@@ -46,7 +50,8 @@ def convert(model: Path, profile_ids: tuple[str, ...], calibration: Path, valida
                                item_show_func=lambda p: p.id if p else "") as bar:
             for p in bar:
                 pipeline = convert_tflite if p.engine in TFLITE_ENGINES else convert_onnx
-                reports.append(pipeline(model, p, out, precision=precision, calibration=cal, validation=val))
+                extra = {"dynamic_batch": True} if dynamic_batch and p.engine in TFLITE_ENGINES else {}
+                reports.append(pipeline(model, p, out, precision=precision, calibration=cal, validation=val, **extra))
         if as_json:
             return emit_json(reports)
         rows = []
