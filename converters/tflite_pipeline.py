@@ -14,7 +14,10 @@ Precisions (profile names -> converter recipe):
   per-channel int8 weights behind DEQUANTIZE, float compute; no hybrid kernels);
 * ``int8-static``: full-integer kernels, float inputs/outputs (QUANTIZE / DEQUANTIZE at the edges);
 * ``int8-full``: full-integer with int8 inputs/outputs (Edge TPU, microcontrollers). The golden
-  vectors then hold int8 inputs/outputs; the parity gate compares dequantized outputs.
+  vectors then hold int8 inputs/outputs; the parity gate compares dequantized outputs;
+* ``int16x8``: int16 activations, int8 weights, float I/O (TFLite's 16x8 scheme), for models whose
+  activations per-tensor int8 cannot represent. XNNPACK has no 16x8 kernels: it runs on the
+  builtin integer kernels, slower than fp32 with XNNPACK on a CPU, so ``auto`` never picks it.
 
 I/O layout: profiles declaring ``layout = "NHWC"`` get NHWC 4-D inputs/outputs (no transposes at
 the model edges); the report's ``inputs``/``outputs`` and the golden vectors use the artifact's
@@ -46,7 +49,10 @@ from .tasks import resolve as resolve_task
 TFLITE_ENGINES = ("tflite", "tflite-micro")
 # profile precision -> (converter precision, int8 inputs/outputs)
 RECIPES = {"fp32": ("fp32", False), "fp16": ("fp16", False), "int8-dynamic": ("int8-weights", False),
-           "int8-static": ("int8-full", False), "int8-full": ("int8-full", True)}
+           "int8-static": ("int8-full", False), "int8-full": ("int8-full", True),
+           "int16x8": ("int16x8", False)}
+CALIBRATED = ("int8-full", "int16x8", "int8-weights")   # int8-weights: data only for bias correction
+EXPLICIT_ONLY = ("int16x8",)   # never picked by auto: on CPUs it is slower than fp32 (no XNNPACK kernels)
 FP32_MAX_REL_DIFF = 1e-4     # fp32 must match onnxruntime to 1e-4 x the output's scale
 
 
@@ -153,18 +159,26 @@ def _spec(d: dict, io_layout: str) -> dict:
 
 
 def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str, calibration: Dataset,
-                   validation: Dataset, progress=lambda msg: None, task: str = "auto") -> dict:
+                   validation: Dataset, progress=lambda msg: None, task: str = "auto",
+                   dynamic_batch: bool = False) -> dict:
     """Produce ``out_dir/<profile>/{model.tflite, golden.npz, report.json}``; return the report.
 
-    ``task`` (``auto`` or one of ``converters.tasks.TASKS``) selects the task metric of the gate."""
+    ``task`` (``auto`` or one of ``converters.tasks.TASKS``) selects the task metric of the gate.
+    ``dynamic_batch`` asks for a resizable batch axis inside the artifact (checked by running a
+    batch of 3 against batch-1 runs; where a graph cannot, the report's ``batch.reason`` says why
+    and the artifact keeps batch 1, served row by row by the agent)."""
     from converters.tflite import convert_onnx_to_tflite
 
     if profile.engine not in TFLITE_ENGINES:
         raise UsageError(f"profile {profile.id} runs {profile.engine}; this pipeline writes TFLite")
+    if dynamic_batch and (profile.raw["runtime"].get("static_shapes") or profile.engine == "tflite-micro"):
+        raise UsageError(f"profile {profile.id} needs static shapes: a resizable batch is not possible there",
+                         hint="Drop --dynamic-batch; the agent serves batches row by row on batch-1 artifacts.")
     info = inspect_onnx(src)
     check_data(info, calibration, "calibration")
     check_data(info, validation, "validation")
-    order = choose_precisions(profile, precision, RECIPES, "TFLite", fp32_fallback=False)
+    order = choose_precisions(profile, precision, RECIPES, "TFLite", fp32_fallback=False,
+                              explicit_only=EXPLICIT_ONLY)
     io_layout = _io_layout(profile)
     shapes = {s["name"]: [1, *validation.inputs[s["name"]].shape[1:]] for s in info["inputs"]}
     source_bytes = src.read_bytes()
@@ -191,8 +205,8 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
                 path = tmp / f"{prec}.tflite"
                 with log.step(f"build {prec}") as step:
                     conv = convert_onnx_to_tflite(src, path, precision=kind, io_layout=io_layout, input_shapes=shapes,
-                                                  calibration=calibration.inputs if kind == "int8-full" else None,
-                                                  int8_io=int8_io)
+                                                  calibration=calibration.inputs if kind in CALIBRATED else None,
+                                                  int8_io=int8_io, dynamic_batch=dynamic_batch)
                 with log.step(f"validate {prec}"):
                     cand = TfliteCandidate.load(prec, path, validation, io_layout)
                 built[prec] = (cand, conv, step["seconds"])
@@ -204,6 +218,7 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
             cand, conv, convert_s = build(prec)
             entry = evaluate(cand, reference, validation, profile, spec)
             entry.update(convert_s=round(convert_s, 3), ops=conv["ops"], coverage=conv["coverage"],
+                         batch=conv["batch"],
                          tflite_fp32_latency_ms=round(baseline.latency_ms, 4),
                          speedup_vs_tflite_fp32=round(baseline.latency_ms / max(cand.latency_ms, 1e-9), 3))
             reasons = gate_reasons(entry, profile, allow_slower=True)
@@ -236,6 +251,7 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
     report.update(precision=chosen.name, artifact="model.tflite", artifact_bytes=len(artifact),
                   artifact_sha256=hashlib.sha256(artifact).hexdigest(), engine=profile.engine, format="tflite",
                   golden_vectors=k, inputs=[_spec(d, io_layout) for d in chosen._in],
+                  batch=built[chosen.name][1]["batch"],
                   outputs=[_spec(d, io_layout) for d in chosen._out])
     report["size_ratio"] = round(report["source_bytes"] / report["artifact_bytes"], 3)
     atomic_write_json(dest / "report.json", report)

@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "edgekit" / "samples" / "digits"
 NUDENET_WHEEL = Path(os.environ.get("EDGEKIT_WHEEL_CACHE", ROOT / ".cache" / "wheels")) / "nudenet-3.4.2-py3-none-any.whl"
 
-needs_digits = pytest.mark.usefixtures()  # the sample model ships with the package
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,6 @@ def digits():
             "ref": run_onnx(DIGITS / "digits_cnn.onnx", {"input": x})["logits"]}
 
 
-@needs_digits
 @pytest.mark.parametrize("io_layout", ["nchw", "nhwc"])
 def test_digits_fp32_matches_onnxruntime(digits, tmp_path, io_layout):
     out = tmp_path / "digits.tflite"
@@ -54,7 +52,6 @@ def test_digits_fp32_matches_onnxruntime(digits, tmp_path, io_layout):
     assert report["coverage"]["unsupported_nodes"] == 0
 
 
-@needs_digits
 def test_digits_int8_full_keeps_accuracy(digits, tmp_path):
     out = tmp_path / "digits_int8.tflite"
     report = convert_onnx_to_tflite(digits["model"], out, precision="int8-full", calibration=digits["cal"])
@@ -72,7 +69,6 @@ def test_digits_int8_full_keeps_accuracy(digits, tmp_path):
     assert fp32["size_bytes"] / report["size_bytes"] > 2.0
 
 
-@needs_digits
 def test_digits_fp16_weights(digits, tmp_path):
     out = tmp_path / "digits_fp16.tflite"
     report = convert_onnx_to_tflite(digits["model"], out, precision="fp16")
@@ -82,7 +78,6 @@ def test_digits_fp16_weights(digits, tmp_path):
     assert {"op": "DEQUANTIZE", "version": 3} in [{k: o[k] for k in ("op", "version")} for o in report["ops"]]
 
 
-@needs_digits
 def test_flatbuffer_structure(digits, tmp_path):
     import tflite
 

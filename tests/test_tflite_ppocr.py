@@ -8,7 +8,6 @@ import os
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from converters.data import Dataset

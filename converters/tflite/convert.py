@@ -23,23 +23,27 @@ from edgekit.core.atomic import atomic_write_bytes
 from edgekit.core.errors import UsageError
 
 from . import onnx_import, onnx_prep, quantize
+from .batch import try_dynamic_batch
 from .op_versions import op_version
 from .schema_writer import serialize
 
-PRECISIONS = ("fp32", "fp16", "int8-weights", "int8-full")
+PRECISIONS = ("fp32", "fp16", "int8-weights", "int8-full", "int16x8")
 IO_LAYOUTS = ("nchw", "nhwc")
 
 
 def convert_onnx_to_tflite(onnx_path, out_path, *, precision: str = "fp32",
                            calibration: dict[str, np.ndarray] | None = None, io_layout: str = "nchw",
                            input_shapes: dict[str, list[int]] | None = None,
-                           max_calibration_samples: int = 200, int8_io: bool = False) -> dict:
+                           max_calibration_samples: int = 200, int8_io: bool = False,
+                           dynamic_batch: bool = False) -> dict:
     """Convert ``onnx_path`` to a TFLite flatbuffer at ``out_path`` and return the report.
 
     ``calibration`` maps input names to arrays ``[N, ...]`` in the ONNX layout (required for
     ``int8-full``; at most ``max_calibration_samples`` are used, each run with batch 1).
     ``input_shapes`` fixes symbolic input dimensions (the batch is always fixed to 1).
     ``int8_io`` (``int8-full`` only) makes the model's inputs and outputs int8.
+    ``dynamic_batch`` marks the batch axis resizable when a batch-of-3 check proves it safe
+    (:mod:`.batch`); the report's ``batch`` says whether it did and, if not, why.
     """
     if int8_io and precision != "int8-full":
         raise UsageError("int8 inputs/outputs need precision int8-full")
@@ -47,8 +51,8 @@ def convert_onnx_to_tflite(onnx_path, out_path, *, precision: str = "fp32",
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if io_layout not in IO_LAYOUTS:
         raise UsageError(f"io_layout must be one of {', '.join(IO_LAYOUTS)}, not {io_layout!r}")
-    if precision == "int8-full" and not calibration:
-        raise UsageError("int8-full needs calibration data (a dict input name -> array [N, ...])")
+    if precision in ("int8-full", "int16x8") and not calibration:
+        raise UsageError(f"{precision} needs calibration data (a dict input name -> array [N, ...])")
     t0 = time.perf_counter()
     graph = onnx_prep.load(onnx_path, input_shapes)
     model, coverage = onnx_import.translate(graph, io_layout)
@@ -56,22 +60,34 @@ def convert_onnx_to_tflite(onnx_path, out_path, *, precision: str = "fp32",
     n_samples = 0
     if precision == "fp16":
         model = quantize.to_fp16(model)
-    elif precision == "int8-weights":
-        model = quantize.to_int8_weights(model)
-    elif precision == "int8-full":
+    elif precision == "int8-weights":     # calibration data, when given, drives bias correction
+        means: dict = {}
+        if calibration:
+            samples = calibration_samples(calibration, graph, io_layout, max_calibration_samples)
+            n_samples = len(samples)
+            quantize.calibrate(serialize(model), model, samples, means)
+        model = quantize.to_int8_weights(model, means)
+    elif precision in ("int8-full", "int16x8"):
         t1 = time.perf_counter()
         samples = calibration_samples(calibration, graph, io_layout, max_calibration_samples)
         n_samples = len(samples)
-        ranges = quantize.calibrate(serialize(model), model, samples)
-        model = quantize.to_int8(model, ranges, int8_io)
+        means: dict = {}
+        ranges = quantize.calibrate(serialize(model), model, samples, means)
+        model = (quantize.to_int8(model, ranges, int8_io, means) if precision == "int8-full"
+                 else quantize.to_int16x8(model, ranges, means))
         timings["calibrate_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    data = serialize(model)
+    batch = {"dynamic": False}
+    if dynamic_batch:
+        model, data, reason = try_dynamic_batch(model)
+        batch = {"dynamic": reason is None, **({"reason": reason} if reason else {})}
+    else:
+        data = serialize(model)
     timings["serialize_s"] = time.perf_counter() - t2
     _check_loads(data)
     atomic_write_bytes(out_path, data)
     timings["total_s"] = time.perf_counter() - t0
-    return _report(model, data, coverage, precision, io_layout, n_samples, out_path, timings)
+    return {**_report(model, data, coverage, precision, io_layout, n_samples, out_path, timings), "batch": batch}
 
 
 def calibration_samples(calibration: dict[str, np.ndarray], graph, io_layout: str, limit: int) -> list[dict]:

@@ -7,6 +7,8 @@ results are the same; in int8 the decomposed form must quantize the product ``x 
 Only chains whose intermediate values have no other reader and are not graph outputs are fused.
 
 What it does not do: any other fusion (BatchNormalization folding lives in :mod:`.onnx_prep`).
+Folding PP-OCRv4's Mul/Add after convs into the conv weights was tried for the quantized
+precisions and measured harmful (det int16x8 lowest cosine 0.9966 -> 0.9617), so it is not done.
 """
 
 from __future__ import annotations
@@ -65,3 +67,4 @@ def fuse_hard_swish(nodes, consts, outputs):
     if not replace:
         return nodes
     return [replace.get(id(n), n) for n in nodes if id(n) not in drop]
+

@@ -5,7 +5,10 @@ What it does: returns the version an operator must declare for the kernel varian
 DEQUANTIZE ...), so older runtimes and TFLite Micro refuse what they cannot run instead of
 running it wrong. The runtime used here (ai-edge-litert 2.3) does not check versions itself.
 
-What it does not do: int16 activations, hybrid or sparse kernels, >4-D broadcasting variants
+int16 activations (16x8) take the versions in ``_INT16`` (op_version.cc: ADD 3 and SUB 5 with
+``pot_scale_int16 = false``; FULLY_CONNECTED 7 as the int16 kernel's first version).
+
+What it does not do: hybrid or sparse kernels, >4-D broadcasting variants
 (the converter emits none of them). Ops absent here (HARD_SWISH, PRELU, LEAKY_RELU with int8,
 RESHAPE, QUANTIZE float->int8 ...) are version 1 for every type the converter writes.
 """
@@ -18,6 +21,14 @@ _INT8_V2 = {
     "RELU6", "PAD", "PADV2", "TRANSPOSE", "SPLIT_V", "STRIDED_SLICE", "SLICE", "MEAN", "SUM",
     "REDUCE_MAX", "REDUCE_MIN", "MAXIMUM", "MINIMUM", "GATHER", "BATCH_MATMUL", "MIRROR_PAD", "SUB",
     "RSQRT", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "GELU", "LOG_SOFTMAX", "EXP", "LOG",
+}
+# Version of each op's int16-activation kernel (op_version.cc).
+_INT16 = {
+    "CONV_2D": 4, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 7, "TRANSPOSE_CONV": 3, "MUL": 4, "ADD": 3,
+    "SUB": 5, "AVERAGE_POOL_2D": 3, "MAX_POOL_2D": 3, "TRANSPOSE": 5, "SPLIT": 4, "RESIZE_BILINEAR": 4,
+    "RESIZE_NEAREST_NEIGHBOR": 4, "MAXIMUM": 4, "MINIMUM": 4, "LOGISTIC": 3, "TANH": 3, "PAD": 3,
+    "PADV2": 3, "CONCATENATION": 3, "SOFTMAX": 3, "MEAN": 3, "REDUCE_MAX": 3, "REDUCE_MIN": 3,
+    "RELU6": 3, "RELU": 3, "LEAKY_RELU": 2, "GATHER": 4, "BATCH_MATMUL": 3, "DEQUANTIZE": 3,
 }
 # Ops whose rank > 4 needs a newer kernel: op -> version.
 _RANK5 = {"TRANSPOSE": 4, "STRIDED_SLICE": 4, "SLICE": 5, "PAD": 4, "PADV2": 4}
@@ -32,6 +43,11 @@ def op_version(model, op) -> int:
 
     in0 = dtype(op.inputs[0]) if op.inputs else None
     name, opts = op.op, op.options
+    data = dtype(op.inputs[1]) if name == "SPLIT" else in0
+    if data == "int16" and name in _INT16:
+        return _INT16[name]
+    if name == "QUANTIZE" and op.outputs and dtype(op.outputs[0]) == "int16":
+        return 2
     if name == "CONV_2D":
         return 3 if in0 == "int8" else 1
     if name == "DEPTHWISE_CONV_2D":

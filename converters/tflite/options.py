@@ -38,8 +38,8 @@ OPTIONS: dict[str, tuple[str, dict]] = {
     "MAX_POOL_2D": ("Pool2DOptions", _POOL),
     "SOFTMAX": ("SoftmaxOptions", {"beta": None}),
     "CONCATENATION": ("ConcatenationOptions", {"axis": None, **_ACT}),
-    "ADD": ("AddOptions", dict(_ACT)),
-    "SUB": ("SubOptions", dict(_ACT)),
+    "ADD": ("AddOptions", {**_ACT, "pot_scale_int16": True}),     # schema default; int16 models write False
+    "SUB": ("SubOptions", {**_ACT, "pot_scale_int16": True}),
     "MUL": ("MulOptions", dict(_ACT)),
     "DIV": ("DivOptions", dict(_ACT)),
     "RESIZE_BILINEAR": ("ResizeBilinearOptions", _RESIZE),

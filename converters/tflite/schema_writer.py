@@ -52,6 +52,7 @@ class Tensor:
     dtype: str = "float32"
     data: np.ndarray | None = None
     quant: Quant | None = None
+    signature: tuple[int, ...] | None = None     # shape_signature (-1 = resizable), when it differs
 
     @property
     def is_const(self) -> bool:
@@ -181,9 +182,13 @@ def serialize(model: Model) -> bytes:
     for i, t in enumerate(model.tensors):
         name = b.CreateString(t.name)
         shape = _int_vector(b, tfl.TensorStartShapeVector, t.shape, b.PrependInt32)
+        sig = (_int_vector(b, tfl.TensorStartShapeSignatureVector, t.signature, b.PrependInt32)
+               if t.signature is not None else None)
         quant = _quantization(b, tfl, t.quant) if t.quant is not None else None
         tfl.TensorStart(b)
         tfl.TensorAddShape(b, shape)
+        if sig is not None:
+            tfl.TensorAddShapeSignature(b, sig)
         tfl.TensorAddType(b, TENSOR_TYPES[t.dtype])
         tfl.TensorAddBuffer(b, tensor_buffer.get(i, 0))
         tfl.TensorAddName(b, name)

@@ -16,8 +16,16 @@ from .common import emit_json, json_option, run_guarded, table
 @click.option("--runtime", default=None, metavar="VERSION",
               help="Flag op versions a TF Lite runtime of this version cannot run, e.g. 2.14 (tflite-runtime).")
 @click.option("--tensors", "show_tensors", is_flag=True, help="List every tensor (table output).")
+@click.option("--layerwise", "layerwise_data", type=click.Path(exists=True, path_type=Path), default=None,
+              metavar="CAL.npz", help="ONNX only: quantize with this calibration data and compare every layer "
+              "of the quantized TFLite model with the float one (where accuracy is lost).")
+@click.option("--precision", type=click.Choice(["int8-static", "int16x8"]), default="int8-static", show_default=True,
+              help="Quantization compared by --layerwise.")
+@click.option("--sample", "sample_data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="With --layerwise: the input compared (first row; default: the first calibration row).")
 @json_option
-def inspect(model: Path, profile_id: str | None, runtime: str | None, show_tensors: bool, as_json: bool) -> None:
+def inspect(model: Path, profile_id: str | None, runtime: str | None, show_tensors: bool,
+            layerwise_data: Path | None, precision: str, sample_data: Path | None, as_json: bool) -> None:
     """Describe MODEL (.tflite or .onnx): ops and versions, tensors, quantization, size, memory.
 
     With --profile or --runtime, every problem that target has with the model is listed and the
@@ -29,7 +37,11 @@ def inspect(model: Path, profile_id: str | None, runtime: str | None, show_tenso
       edgekit inspect pose_landmark_full.tflite --runtime 2.14 --json
       edgekit inspect model.tflite --profile arduino-nano-33-ble-sense
       edgekit inspect model.onnx --profile pixel-8      # ops the TFLite writer cannot translate
+      edgekit inspect det.onnx --layerwise cal.npz      # which layer loses accuracy in int8
     """
+    if layerwise_data is not None:
+        return run_guarded(lambda: _layerwise(model, layerwise_data, sample_data, precision, as_json), as_json)
+
     def body():
         from converters.model_inspect import inspect_file, issues_error
         from edgekit.core.profiles import load_profile
@@ -43,6 +55,31 @@ def inspect(model: Path, profile_id: str | None, runtime: str | None, show_tenso
         if report["issues"]:
             raise issues_error(report)
     run_guarded(body, as_json)
+
+
+def _layerwise(model: Path, cal_path: Path, sample_path: Path | None, precision: str, as_json: bool) -> None:
+    from converters.data import load_dataset
+    from converters.onnx_pipeline import inspect_onnx
+    from converters.tflite.layerwise import compare_layers, first_drops
+    from edgekit.core.errors import UsageError
+
+    if model.suffix.lower() != ".onnx":
+        raise UsageError("--layerwise needs the ONNX source model (it quantizes it and compares layers)",
+                         hint="Pass the .onnx file the .tflite was converted from.")
+    names = [i["name"] for i in inspect_onnx(model)["inputs"]]
+    cal = load_dataset(cal_path, names, 200).inputs
+    sample = load_dataset(sample_path, names, 1).inputs if sample_path else {k: v[:1] for k, v in cal.items()}
+    shapes = {k: [1, *v.shape[1:]] for k, v in cal.items()}
+    kind = "int16x8" if precision == "int16x8" else "int8-full"
+    rows = compare_layers(model, cal, sample, precision=kind, input_shapes=shapes)
+    drops = first_drops(rows, below=0.99)
+    if as_json:
+        return emit_json({"model": str(model), "precision": precision, "layers": rows, "first_drops": drops})
+    shown = [{**r, "cosine": f"{r['cosine']:.5f}", "rel_max_diff": f"{r['rel_max_diff']:.4f}",
+              "range": f"{r['range'][0]:.3g}..{r['range'][1]:.3g}"} for r in rows]
+    click.echo(table(shown, ["index", "op", "tensor", "cosine", "rel_max_diff", "range"]))
+    click.echo(f"{len(rows)} layers compared ({precision}); first below cosine 0.99: "
+               + (", ".join(f"#{r['index']} {r['op']} {r['tensor']}" for r in drops[:3]) or "none"))
 
 
 def _print(r: dict, show_tensors: bool) -> None:

@@ -18,7 +18,8 @@ ideal (4x for int8), latency vs fp32 (same run, 1 thread), parity (cosine, max e
 accuracy drop with labels), budget verdicts (size, estimated peak memory, ops) and the time
 and peak memory of each step. An artifact that fails the profile's budgets is never written.
 Profiles whose engine is tflite / tflite-micro get a .tflite written without TensorFlow
-(fp32, fp16, int8-dynamic, int8-static = integer kernels with float I/O, int8-full = int8 I/O).
+(fp32, fp16, int8-dynamic, int8-static = integer kernels with float I/O, int8-full = int8 I/O,
+int16x8 = int16 activations + int8 weights, only when asked for; --dynamic-batch for a resizable batch).
 
 \b
 Examples:
@@ -48,7 +49,7 @@ or labelled data (element-wise + top-1 checks), else raw (element-wise only).
 @click.option("--validation", type=click.Path(exists=True, path_type=Path), required=True,
               help="Validation data (same formats; an optional 'label' array enables the accuracy check).")
 @click.option("--precision", default="auto", show_default=True,
-              type=click.Choice(["auto", "fp32", "fp16", "int8-dynamic", "int8-static", "int8-full"]),
+              type=click.Choice(["auto", "fp32", "fp16", "int8-dynamic", "int8-static", "int8-full", "int16x8"]),
               help="auto = the profile's preferred precision that passes the parity gate and is not slower than "
                    "fp32; a forced precision that fails exits non-zero with the numbers.")
 @click.option("--calibration-method", default="minmax", show_default=True,
@@ -65,10 +66,13 @@ or labelled data (element-wise + top-1 checks), else raw (element-wise only).
                    "layout=NCHW|NHWC,color=RGB|BGR|L.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True)
 @click.option("--max-samples", default=1000, show_default=True, help="Cap on calibration/validation samples.")
+@click.option("--dynamic-batch", is_flag=True,
+              help="TFLite: make the batch axis resizable inside the artifact "
+                   "(checked; kept at 1 if the graph cannot).")
 @json_option
 def convert(model: Path, profile_ids: tuple[str, ...], calibration: Path, validation: Path, precision: str,
             calibration_method: str, task: str, input_shape_specs: tuple[str, ...], preprocess: str | None, out: Path,
-            max_samples: int, as_json: bool) -> None:
+            max_samples: int, dynamic_batch: bool, as_json: bool) -> None:
     def body():
         import tempfile
 
@@ -105,7 +109,8 @@ def convert(model: Path, profile_ids: tuple[str, ...], calibration: Path, valida
                 for p in bar:
                     if p.engine in TFLITE_ENGINES:
                         reports.append(convert_tflite(src, p, out, precision=precision, calibration=cal,
-                                                      validation=val, progress=say, task=task))
+                                                      validation=val, progress=say, task=task,
+                                                      dynamic_batch=dynamic_batch))
                     else:
                         reports.append(convert_onnx(src, p, out, precision=precision, calibration=cal,
                                                     validation=val, progress=say, input_shapes=shapes,
