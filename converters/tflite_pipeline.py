@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.core import parity
+from edgekit.core import drift, parity
 from edgekit.core.atomic import atomic_write_bytes, atomic_write_json, remove_tree
 from edgekit.core.errors import ParityError, UsageError
 from edgekit.core.profiles import Profile
@@ -238,6 +238,8 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
         dest.mkdir(parents=True)
         atomic_write_bytes(dest / "model.tflite", chosen.path.read_bytes())
         atomic_write_bytes(dest / "golden.npz", golden)
+        # on-device drift reference, in the layout/dtype the device is fed (edgekit.core.drift)
+        atomic_write_json(dest / drift.MEMBER, drift.reference(chosen.native_inputs, chosen.native_outputs))
     artifact = (dest / "model.tflite").read_bytes()
     report.update(precision=chosen.name, artifact="model.tflite", artifact_bytes=len(artifact),
                   artifact_sha256=hashlib.sha256(artifact).hexdigest(), engine=profile.engine, format="tflite",

@@ -1,4 +1,4 @@
-"""Run the registry: database + MQTT ingest + HTTP API in one process."""
+"""Run the registry: database + MQTT ingest + MQTT chunk server + HTTP API in one process."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from . import db
+from .chunks import ChunkServer
 from .http_api import RegistryHTTPServer
 from .ingest import Ingest
 
@@ -17,6 +18,7 @@ class Registry:
         self.engine = db.open_db(db_url)
         self.ingest = Ingest(self.engine, broker_host, broker_port, tls=tls)
         self.http = RegistryHTTPServer((http_host, http_port), self.engine, store, self.ingest)
+        self.chunks = ChunkServer(self.ingest.conn, store, shared_group=self.ingest.shared_group)  # MQTT transfer
 
     @property
     def url(self) -> str:
@@ -24,12 +26,14 @@ class Registry:
 
     def start(self) -> "Registry":
         self.ingest.start()
+        self.chunks.start()
         threading.Thread(target=self.http.serve_forever, name="registry-http", daemon=True).start()
         return self
 
     def stop(self) -> None:
         self.http.shutdown()
         self.http.server_close()
+        self.chunks.stop()
         self.ingest.stop()
 
     def serve_forever(self, on_ready=lambda url: None) -> None:
