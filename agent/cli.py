@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                          lambda s, ok, d, e, dep: events.append({"state": s, "ok": ok, **({"error": e.to_dict()} if e else {})}),
                          threads=cfg.threads, allow_expired=cfg.allow_expired or getattr(args, "allow_expired", False),
                          health_runs=cfg.health_runs, health_timeout_s=cfg.health_timeout_s,
-                         device_id=cfg.device_id, device_key=cfg.device_key)
+                         device_id=cfg.device_id, device_key=cfg.device_key, spin=cfg.spin)
         if args.command == "status":
             rec = inst.load_record()
             print(json.dumps({"installed": inst.slots.installed(), "last_install": rec and rec.state,
@@ -112,7 +112,7 @@ def _batch(cfg, args, profile) -> int:
         raise ModelError("no model installed yet", hint="Install one with `edgekit-agent install FILE` first.")
     manifest = slots.manifest(slot)
     runner = load_runner(slots.path(slot) / manifest["artifact"], manifest["engine"],
-                         serving_threads(cfg.threads, profile.threads))
+                         serving_threads(cfg.threads, profile.threads), cfg.spin)
     summary = run_batch(runner, manifest, Path(args.in_dir), Path(args.out_file),
                         None if args.no_progress or args.json else stderr_progress)
     info = summary.as_dict(Path(args.out_file), {"model": manifest["model"]["name"],

@@ -17,6 +17,11 @@ Example::
     drift_every = 10                    # sketch every Nth inference for drift (bundles with drift.json)
     [inference]
     threads = 0                         # 0 = the profile's default (capped at the CPUs available)
+    spin = false                        # onnxruntime: let idle pool threads busy-wait (lower latency, more CPU)
+    [install]
+    min_rate_bps = 8192                 # slow-retrieval guard: a download must average this rate ...
+    download_grace_s = 30               # ... with this much slack (deadline = grace + length / rate)
+    mqtt_chunk_bytes = 262144           # chunk size for notices with transport "mqtt"
     [endpoint]                          # optional: local inference for other processes (agent/endpoint.py)
     port = 8765                         # HTTP on 127.0.0.1 (0 = any free port; omit = no TCP endpoint)
     socket = "/run/edgekit/infer.sock"  # HTTP over a Unix socket (omit = none)
@@ -44,9 +49,10 @@ SCHEMA = {
              "identity": (str, False, None)},
     "telemetry": {"interval_s": ((int, float), False, positive), "spool_bytes": (int, False, positive),
                   "drift_every": (int, False, positive)},
-    "inference": {"threads": (int, False, non_negative)},
+    "inference": {"threads": (int, False, non_negative), "spin": (bool, False, None)},
     "install": {"allow_expired": (bool, False, None), "health_runs": (int, False, positive),
-                "health_timeout_s": ((int, float), False, positive)},
+                "health_timeout_s": ((int, float), False, positive), "min_rate_bps": ((int, float), False, positive),
+                "download_grace_s": ((int, float), False, non_negative), "mqtt_chunk_bytes": (int, False, positive)},
     "endpoint": {"port": (int, False, non_negative), "socket": (str, False, None)},
     "streaming": {"streams": (list, False, lambda v: None if all(isinstance(x, str) and NAME_RE.fullmatch(x)
                                                                for x in v) else "must be a list of stream names")},
@@ -74,6 +80,10 @@ class AgentConfig:
     endpoint_port: int | None = None       # None = no TCP endpoint
     endpoint_socket: Path | None = None    # None = no Unix socket endpoint
     streams: list[str] = field(default_factory=list)  # streaming mode: sensor streams to infer on
+    min_rate_bps: float = 8192.0           # slow-retrieval guard: deadline = grace + signed length / rate
+    download_grace_s: float = 30.0
+    mqtt_chunk_bytes: int = 256 * 1024     # MQTT transfer: bytes per chunk request
+    spin: bool = False                     # onnxruntime pool threads busy-wait for work (off: shared CPUs)
     path: Path | None = field(default=None, repr=False)
 
     @property
@@ -101,12 +111,14 @@ def load_config(path: str | Path) -> AgentConfig:
         data_dir=(base / raw["data_dir"]).resolve(), trusted_root=(base / raw["trusted_root"]).resolve(),
         mqtt_host=mqtt.get("host", "127.0.0.1"), mqtt_port=mqtt.get("port", 1883),
         keepalive_s=mqtt.get("keepalive_s", 30), telemetry_interval_s=float(tel.get("interval_s", 30)),
-        threads=inf.get("threads", 0), allow_expired=ins.get("allow_expired", False),
+        threads=inf.get("threads", 0), spin=inf.get("spin", False), allow_expired=ins.get("allow_expired", False),
         health_runs=ins.get("health_runs", 20), health_timeout_s=float(ins.get("health_timeout_s", 60.0)),
         spool_bytes=tel.get("spool_bytes", 1 << 20), drift_every=tel.get("drift_every", 10),
         endpoint_port=ep.get("port"),
         endpoint_socket=(base / ep["socket"]).resolve() if ep.get("socket") else None,
         streams=list(raw.get("streaming", {}).get("streams", [])),
+        min_rate_bps=float(ins.get("min_rate_bps", 8192)), download_grace_s=float(ins.get("download_grace_s", 30.0)),
+        mqtt_chunk_bytes=ins.get("mqtt_chunk_bytes", 256 * 1024),
         tls_identity=(base / mqtt["identity"]).resolve() if mqtt.get("identity") else None,
         path=path,
     )

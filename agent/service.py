@@ -21,7 +21,7 @@ import numpy as np
 from edgekit.core import messages, tensors, topics
 from edgekit.core.drift import Sketch
 from edgekit.core.atomic import atomic_write_json, read_json
-from edgekit.core.errors import BundleError, EdgekitError, ModelError
+from edgekit.core.errors import BundleError, EdgekitError, ModelError, TransportError
 from edgekit.core.mqtt import MqttConnection, TlsFiles, Will, reply
 from edgekit.core.profiles import load_profile
 
@@ -55,7 +55,9 @@ class Agent:
         self.installer = Installer(cfg.data_dir, self.profile, cfg.trusted_root, self._emit,
                                    threads=cfg.threads, allow_expired=cfg.allow_expired,
                                    health_runs=cfg.health_runs, health_timeout_s=cfg.health_timeout_s,
-                                   on_commit=self._load_model, device_id=cfg.device_id, device_key=cfg.device_key)
+                                   on_commit=self._load_model, device_id=cfg.device_id, device_key=cfg.device_key,
+                                   min_rate_bps=cfg.min_rate_bps, download_grace_s=cfg.download_grace_s,
+                                   chunk_source=self._chunk_source, spin=cfg.spin)
         self.session = self._next_session()
 
     # -- model serving ---------------------------------------------------------------------
@@ -63,7 +65,7 @@ class Agent:
         """Serve ``manifest``'s model; ``runner`` is the session the health check built, if any."""
         if runner is None:
             runner = load_runner(slot_dir / manifest["artifact"], manifest["engine"],
-                                 serving_threads(self.cfg.threads, self.profile.threads))
+                                 serving_threads(self.cfg.threads, self.profile.threads), self.cfg.spin)
         sketch = load_drift(slot_dir)
         with self._lock:
             self.runner, self.manifest, self.drift = runner, manifest, sketch
@@ -175,7 +177,17 @@ class Agent:
                                  now=self.installer._reference_time())  # clock with the persisted floor
         self._deployments.put(InstallRequest(
             deployment_id=notice["deployment_id"], url=notice["bundle_url"], sha256=notice["sha256"],
-            length=notice["length"], model=notice["model"], version=notice["version"]))
+            length=notice["length"], model=notice["model"], version=notice["version"],
+            transport=notice.get("transport", "http")))
+
+    def _chunk_source(self, req: InstallRequest):
+        """MQTT transfer (notice transport "mqtt"): bundle chunks from the registry over this session."""
+        from .fetch_mqtt import MqttChunkSource
+
+        if self.conn is None:
+            raise TransportError("no broker session for an MQTT transfer")
+        return MqttChunkSource(self.conn, self.cfg.fleet, self.cfg.device_id, req.sha256,
+                               chunk_bytes=self.cfg.mqtt_chunk_bytes)
 
     def _on_infer(self, payload: bytes, props) -> None:
         req_id = "?"

@@ -37,6 +37,14 @@ What is measured (all on loopback, everything started here is stopped before exi
      the agent does it: the health-check session is reused). Per-state times come from the
      timestamps of the emitted events.
 
+   * previous defaults: the same install with onnxruntime pool threads spinning and all 20 latency
+     runs (what the agent did before ``[inference] spin = false`` and the early latency stop);
+   * health check alone (session build + golden + latency runs), current vs previous defaults,
+     interleaved, 40 runs each: the CPU-bound step without the download/fsync noise;
+   * MQTT chunked transfer: the same bundle through ``agent.fetch.download`` over HTTP (Range) and
+     over MQTT (``MqttChunkSource`` asking the registry's ``ChunkServer`` through a managed
+     mosquitto), interleaved; plus a full ``Installer.install`` with notice transport "mqtt".
+
    Median of N runs each (alternating), after one unrecorded warm-up run of each.
 
 Reproduce::
@@ -332,6 +340,8 @@ def bench_inference_and_footprint(work: Path, args) -> tuple[dict, dict]:
 def bench_install(work: Path, args) -> dict:
     import hashlib
 
+    from agent.fetch import download
+    from agent.fetch_mqtt import CHUNK_BYTES, WINDOW
     from agent.installer import InstallRequest, Installer
     from agent.runtime import load_runner, serving_threads
     from edgekit.core.profiles import load_profile
@@ -368,6 +378,25 @@ def bench_install(work: Path, args) -> dict:
             dest.unlink()
             return elapsed
 
+        def candidate_previous(i: int) -> float:
+            """The install before the health-check changes: ORT pool threads spinning, all 20 latency runs."""
+            import agent.installer as installer_mod
+
+            far, installer_mod.FAR_FROM_BUDGET = installer_mod.FAR_FROM_BUDGET, float("inf")  # never stop early
+            try:
+                data_dir = work / "install" / f"prev-{i}"
+                inst = Installer(data_dir, profile, store.root_path, lambda *a: None, spin=True,
+                                 on_commit=lambda s, m, r: None)
+                t0 = time.perf_counter()
+                rec = inst.install(InstallRequest(deployment_id=f"bench-p{i}", url=url, sha256=sha, length=length))
+                elapsed = time.perf_counter() - t0
+            finally:
+                installer_mod.FAR_FROM_BUDGET = far
+            if rec.state != "committed" or rec.details["health"]["latency_stopped_early"]:
+                raise RuntimeError(f"previous-defaults install ended in {rec.state}: {rec.error}")
+            shutil.rmtree(data_dir, ignore_errors=True)
+            return elapsed
+
         def candidate(i: int, threads: int = 0) -> tuple[float, dict]:
             marks: list[tuple[str, float]] = []
 
@@ -391,21 +420,62 @@ def bench_install(work: Path, args) -> dict:
             shutil.rmtree(data_dir, ignore_errors=True)
             return elapsed, states
 
-        baseline(-1), candidate(-1), candidate(-2, threads=1)  # warm-up (page cache, imports of tuf)
-        base_s, cand_s, per_state, cand1_s, per_state1 = [], [], [], [], []
+        mqtt = stack_mqtt(work, server.store, sha)  # MQTT chunked transfer from the same artifact store
+
+        def fetch_http(i: int) -> float:  # agent.fetch over HTTP Range (what the installer's download does)
+            dest = work / "fetch" / f"h{i}.bundle"
+            t0 = time.perf_counter()
+            download(url, dest, length=length, sha256=sha, reserve_bytes=0)
+            elapsed = time.perf_counter() - t0
+            dest.unlink()
+            return elapsed
+
+        def fetch_mqtt(i: int) -> float:  # the same download through the broker in chunks
+            dest = work / "fetch" / f"m{i}.bundle"
+            t0 = time.perf_counter()
+            download(mqtt.source(), dest, length=length, sha256=sha, reserve_bytes=0)
+            elapsed = time.perf_counter() - t0
+            dest.unlink()
+            return elapsed
+
+        def candidate_mqtt(i: int) -> float:
+            data_dir = work / "install" / f"mqtt-{i}"
+            inst = Installer(data_dir, profile, store.root_path, lambda *a: None, chunk_source=lambda req: mqtt.source())
+            t0 = time.perf_counter()
+            rec = inst.install(InstallRequest(deployment_id=f"bench-m{i}", url=url, sha256=sha, length=length,
+                                              transport="mqtt"))
+            elapsed = time.perf_counter() - t0
+            if rec.state != "committed":
+                raise RuntimeError(f"install over MQTT ended in {rec.state}: {rec.error}")
+            shutil.rmtree(data_dir, ignore_errors=True)
+            return elapsed
+
+        fetch_http(-1), fetch_mqtt(-1), candidate_mqtt(-1)
+        http_s, mqtt_s, cand_m_s = [], [], []
+        for i in range(args.install_runs):
+            http_s.append(fetch_http(i))
+            mqtt_s.append(fetch_mqtt(i))
+            cand_m_s.append(candidate_mqtt(i))
+        baseline(-1), candidate(-1), candidate(-2, threads=1), candidate_previous(-1)  # warm-up (page cache, tuf)
+        base_s, cand_s, per_state, cand1_s, per_state1, prev_s = [], [], [], [], [], []
         for i in range(args.install_runs):
             base_s.append(baseline(i))
             t, states = candidate(i)
             cand_s.append(t)
             per_state.append(states)
+            prev_s.append(candidate_previous(i))
             t, states = candidate(1000 + i, threads=1)
             cand1_s.append(t)
             per_state1.append(states)
     finally:
         server.shutdown()
         server.server_close()
+        if "mqtt" in locals():
+            mqtt.close()
 
+    health_ab = bench_health_check(work, bundle, store, serving_threads(0, profile.threads), runs=40)
     med_b, med_c, med_1 = statistics.median(base_s), statistics.median(cand_s), statistics.median(cand1_s)
+    med_h, med_m = statistics.median(http_s), statistics.median(mqtt_s)
     state_names = list(per_state[0])
     return {
         "bundle_bytes": length, "model_bytes": model.stat().st_size, "runs": args.install_runs,
@@ -416,6 +486,11 @@ def bench_install(work: Path, args) -> dict:
                                 "threads": serving_threads(0, profile.threads), "profile_threads": profile.threads,
                                 "health_runs": 20},
         "ratio_candidate_over_baseline": round(med_c / med_b, 3),
+        "candidate_previous_defaults": {
+            "what": "same install with onnxruntime pool threads spinning and all 20 latency runs (the defaults "
+                    "before [inference] spin = false and the early latency stop), interleaved",
+            "median_s": round(statistics.median(prev_s), 4), "all_s": [round(v, 4) for v in prev_s],
+            "ratio_over_baseline": round(statistics.median(prev_s) / med_b, 3)},
         "goal_ratio": 1.5,
         "per_state_median_s": {s: round(statistics.median(r[s] for r in per_state), 4) for s in state_names},
         "candidate_installer_threads_1": {
@@ -425,7 +500,82 @@ def bench_install(work: Path, args) -> dict:
             "note": "[inference] threads = 1: on this shared 2-CPU VM an ORT thread pool costs more than it gives"},
         "note": "after the download, the signed-member hash, the session build and the golden/latency runs are "
                 "work the baseline does not do; see docs/adr/0004",
+        "health_check_ab": health_ab,
+        "mqtt_transfer": {
+            "what": "agent.fetch.download of the same bundle: HTTP Range from the registry's HTTP server vs MQTT "
+                    "chunks from its ChunkServer through mosquitto (interleaved runs)",
+            "chunk_bytes": CHUNK_BYTES, "window": WINDOW,
+            "http_fetch": {"median_s": round(med_h, 4), "all_s": [round(v, 4) for v in http_s]},
+            "mqtt_fetch": {"median_s": round(med_m, 4), "all_s": [round(v, 4) for v in mqtt_s],
+                           "mb_per_s": round(length / med_m / 1e6, 1)},
+            "ratio_mqtt_over_http": round(med_m / med_h, 3),
+            "installer_over_mqtt": {"median_s": round(statistics.median(cand_m_s), 4),
+                                    "all_s": [round(v, 4) for v in cand_m_s],
+                                    "ratio_over_baseline": round(statistics.median(cand_m_s) / med_b, 3)},
+        },
     }
+
+
+def bench_health_check(work: Path, bundle: Path, store, threads: int, runs: int) -> dict:
+    """The health check alone (session build + golden + latency runs), current vs previous defaults,
+    interleaved: isolates the CPU-bound step from the download and fsync noise of whole installs."""
+    import agent.installer as installer_mod
+    from agent.runtime import load_runner
+    from edgekit.core import bundle as bundle_mod
+    from edgekit.core import trust
+
+    vb = bundle_mod.open_bundle(bundle, trust.load_trusted_root(store.root_path.read_bytes(), None), work / "hc")
+    m, d = vb.manifest, work / "hc"
+    far = installer_mod.FAR_FROM_BUDGET
+
+    def one(current: bool) -> tuple[float, int]:
+        installer_mod.FAR_FROM_BUDGET = far if current else float("inf")
+        try:
+            t0 = time.perf_counter()
+            runner = load_runner(d / m["artifact"], m["engine"], threads, spin=not current)
+            report = installer_mod.health_check(runner, d / m["golden"]["file"], m, 20)
+            return time.perf_counter() - t0, report["latency_runs"]
+        finally:
+            installer_mod.FAR_FROM_BUDGET = far
+
+    one(True), one(False)
+    cur, prev = [], []
+    for i in range(runs):
+        for current in ((True, False) if i % 2 else (False, True)):
+            (cur if current else prev).append(one(current)[0])
+    q = lambda v: [round(x * 1000, 2) for x in statistics.quantiles(v, n=4)]  # noqa: E731
+    return {"what": "load_runner + health_check (20 runs asked), threads as the install", "threads": threads,
+            "runs_each": runs, "current_ms_quartiles": q(cur), "previous_ms_quartiles": q(prev),
+            "latency_runs": {"current": one(True)[1], "previous": one(False)[1]},
+            "ratio_current_over_previous_median": round(statistics.median(cur) / statistics.median(prev), 3)}
+
+
+class stack_mqtt:
+    """A managed mosquitto, the registry's ChunkServer on ``store`` and one device-side connection."""
+
+    def __init__(self, work: Path, store: Path, sha: str) -> None:
+        from edgekit.broker import ManagedBroker
+        from edgekit.core.mqtt import MqttConnection
+        from edgekit.registry.chunks import ChunkServer
+
+        self.sha = sha
+        self.broker = ManagedBroker(work / "broker-install").start()
+        self.server_conn = MqttConnection("bench-registry", "127.0.0.1", self.broker.port)
+        self.server_conn.connect()
+        self.chunks = ChunkServer(self.server_conn, store).start()
+        self.device = MqttConnection("bench-device", "127.0.0.1", self.broker.port)
+        self.device.connect()
+
+    def source(self):
+        from agent.fetch_mqtt import MqttChunkSource
+
+        return MqttChunkSource(self.device, "bench", "dev-1", self.sha)
+
+    def close(self) -> None:
+        self.device.close()
+        self.chunks.stop()
+        self.server_conn.close()
+        self.broker.stop()
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -464,9 +614,20 @@ def print_table(res: dict) -> None:
     print(f"{'Installer.install':34} {ins['candidate_installer']['median_s']:8.3f} s   "
           f"ratio {ins['ratio_candidate_over_baseline']} (goal <= {ins['goal_ratio']})")
     print("  per state (median s): " + ", ".join(f"{k} {v}" for k, v in ins["per_state_median_s"].items()))
+    hc = ins["health_check_ab"]
+    print(f"{'health check alone, quartiles (ms)':34} current {hc['current_ms_quartiles']} vs previous "
+          f"{hc['previous_ms_quartiles']} (median ratio {hc['ratio_current_over_previous_median']})")
+    prev = ins["candidate_previous_defaults"]
+    print(f"{'  previous defaults (spin, 20 runs)':34} {prev['median_s']:8.3f} s   ratio {prev['ratio_over_baseline']}")
     one = ins["candidate_installer_threads_1"]
     print(f"{'Installer.install, threads = 1':34} {one['median_s']:8.3f} s   ratio {one['ratio_over_baseline']}")
     print("  per state (median s): " + ", ".join(f"{k} {v}" for k, v in one["per_state_median_s"].items()))
+    mq = ins["mqtt_transfer"]
+    print(f"{'fetch over HTTP (agent.fetch)':34} {mq['http_fetch']['median_s']:8.3f} s")
+    print(f"{'fetch over MQTT chunks':34} {mq['mqtt_fetch']['median_s']:8.3f} s   ratio {mq['ratio_mqtt_over_http']} "
+          f"({mq['chunk_bytes'] // 1024} KiB x {mq['window']} in flight)")
+    print(f"{'Installer.install over MQTT':34} {mq['installer_over_mqtt']['median_s']:8.3f} s   ratio "
+          f"{mq['installer_over_mqtt']['ratio_over_baseline']} over the raw HTTP baseline")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,13 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.core import parity
+from edgekit.core import drift, parity
 from edgekit.core.atomic import atomic_write_bytes, atomic_write_json, remove_tree
 from edgekit.core.errors import ParityError, UsageError
 from edgekit.core.profiles import Profile
 
 from .data import Dataset
-from .gate import LATENCY_RUNS, Candidate, choose_precisions, evaluate, gate_reasons
+from .gate import LATENCY_RUNS, Candidate, choose_precisions, evaluate, gate_reasons, slower
 from .onnx_pipeline import check_data, inspect_onnx
 from .steps import StepLog
 from .tasks import resolve as resolve_task
@@ -226,7 +226,7 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
                 reasons += [f"{n}: fp32 max abs diff {m['max_abs_diff']:.3g} exceeds {FP32_MAX_REL_DIFF:g} x "
                             f"the output scale" for n, m in entry["outputs"].items()
                             if m["relative_max_diff"] > FP32_MAX_REL_DIFF]
-            elif prec != order[-1] and cand.latency_ms > baseline.latency_ms:   # a fallback remains
+            elif prec != order[-1] and slower(cand.latency_ms, baseline.latency_ms):   # a fallback remains
                 reasons.append(f"slower than fp32 TFLite ({cand.latency_ms:.3f} ms vs {baseline.latency_ms:.3f} ms)")
             target, entry["memory"] = _target_reasons(cand.path, profile)
             entry["reasons"] = reasons + target
@@ -247,6 +247,8 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
         dest.mkdir(parents=True)
         atomic_write_bytes(dest / "model.tflite", chosen.path.read_bytes())
         atomic_write_bytes(dest / "golden.npz", golden)
+        # on-device drift reference, in the layout/dtype the device is fed (edgekit.core.drift)
+        atomic_write_json(dest / drift.MEMBER, drift.reference(chosen.native_inputs, chosen.native_outputs))
     artifact = (dest / "model.tflite").read_bytes()
     report.update(precision=chosen.name, artifact="model.tflite", artifact_bytes=len(artifact),
                   artifact_sha256=hashlib.sha256(artifact).hexdigest(), engine=profile.engine, format="tflite",

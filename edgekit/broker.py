@@ -58,7 +58,8 @@ def render_acl(fleet: str, devices: list[str]) -> str:
     """Mosquitto ACL: per-device blocks (exact fleet + device id, so nothing else is reachable).
 
     A device writes its reports and RPC answers and reads its commands and RPC requests; the
-    registry reads every report and may send commands (rollouts); the host CLI sends commands
+    registry reads every report, may send commands (rollouts) and answers chunk requests (MQTT
+    bundle transfer: a device asks on its own ``rpc/chunk``, reads only its own ``rpc/chunk/res``); the host CLI sends commands
     and inference requests and reads events, status and RPC answers. Anything else is denied
     (a denied QoS 1 publish is answered with PUBACK 0x87, a denied subscription with 0x87).
     """
@@ -70,9 +71,11 @@ def render_acl(fleet: str, devices: list[str]) -> str:
     for device in sorted(devices):
         base = topics.device_base(fleet, device)
         lines += [f"user {device}"] + [f"topic write {base}/{k}" for k in topics.DEVICE_KINDS] + [
-            f"topic write {base}/rpc/res/#", f"topic read {base}/cmd/#", f"topic read {base}/rpc/infer", ""]
+            f"topic write {base}/rpc/res/#", f"topic read {base}/cmd/#", f"topic read {base}/rpc/infer",
+            f"topic write {topics.chunk_request(fleet, device)}", f"topic read {topics.chunk_response(fleet, device)}",
+            ""]
     lines += [f"user {REGISTRY}"] + [f"topic read {every}/{k}" for k in topics.DEVICE_KINDS] + [
-        f"topic write {every}/cmd/#", ""]
+        f"topic write {every}/cmd/#", f"topic read {every}/rpc/chunk", f"topic write {every}/rpc/chunk/res", ""]
     lines += [f"user {HOST}", f"topic write {every}/cmd/#", f"topic write {every}/rpc/infer",
               f"topic read {every}/rpc/res/#", f"topic read {every}/events", f"topic read {every}/status", ""]
     return "\n".join(lines)

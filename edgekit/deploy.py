@@ -56,15 +56,16 @@ def read_manifest(bundle_path: Path) -> dict:
 
 
 def make_notice(manifest: dict, stored: dict, ttl_s: float = 3600, *, device: str | None = None,
-                fleet: str = "default", signer=None) -> dict:
+                fleet: str = "default", signer=None, transport: str | None = None) -> dict:
     """A deployment notice; with ``signer`` (``KeyStore.notice_signer()``) and ``device`` it is
     signed for that one device and fleet, single-use (nonce) and expires after ``ttl_s``.
-    Agents refuse unsigned notices (see :mod:`edgekit.core.notices`)."""
+    Agents refuse unsigned notices (see :mod:`edgekit.core.notices`). ``transport="mqtt"`` makes
+    the device fetch the bundle in chunks over the broker instead of HTTP (signed like the rest)."""
     now = time.time()
     notice = messages.build(messages.NOTICE, deployment_id=uuid.uuid4().hex[:12], model=manifest["model"]["name"],
                             version=manifest["model"]["version"], profile=manifest["profile"],
                             bundle_url=stored["url"], sha256=stored["sha256"], length=stored["length"],
-                            issued_at=now, expires_at=now + ttl_s)
+                            issued_at=now, expires_at=now + ttl_s, transport=transport)
     if signer is None:
         return notice
     if device is None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from agent.fetch import download
-from edgekit.core.errors import IntegrityError, StorageError, TransportError
+from edgekit.core.errors import IntegrityError, SlowRetrievalError, StorageError, TransportError
 
 BLOB = bytes(range(256)) * 4096  # 1 MiB
 SHA = hashlib.sha256(BLOB).hexdigest()
@@ -56,6 +57,20 @@ class Handler(BaseHTTPRequestHandler):
             part += b"x" * 100
         self.send_header("Content-Length", str(len(part)))
         self.end_headers()
+        if fault == "trickle":  # a slow-retrieval attacker: one byte every 20 ms, forever within the read timeout
+            for i in range(len(part)):
+                try:
+                    self.wfile.write(part[i:i + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.02)
+            return
+        if fault == "stall":  # some bytes, then silence
+            self.wfile.write(part[:1000])
+            self.wfile.flush()
+            time.sleep(5)
+            return
         if fault == "cut":  # send a third, then drop the connection
             self.wfile.write(part[:len(part) // 3])
             self.wfile.flush()
@@ -136,3 +151,46 @@ def test_free_disk_is_checked_before_any_request(server, tmp_path):
     with pytest.raises(StorageError, match="not enough free space") as exc:
         fetch(server, tmp_path / "b.bundle", reserve_bytes=1 << 60)
     assert server.requests == [] and exc.value.exit_code == 8 and exc.value.hint
+
+
+# -- slow retrieval (TUF threat): an overall deadline from the signed length and a minimum rate -----
+SMALL = BLOB[:20000]
+
+
+@pytest.mark.parametrize("fault", ["trickle", "stall"])
+def test_slow_retrieval_hits_the_deadline_and_leaves_nothing(fault, server, tmp_path):
+    server.body, server.faults = SMALL, [fault] * 20
+    t0 = time.monotonic()
+    with pytest.raises(SlowRetrievalError, match="too slow") as info:  # deadline 0.3 s + 20000 B / 100 kB/s
+        download(server.url, tmp_path / "b.bundle", length=len(SMALL), sha256=hashlib.sha256(SMALL).hexdigest(),
+                 min_rate_bps=100_000, grace_s=0.3, backoff_s=0.01)
+    assert time.monotonic() - t0 < 4.0  # not the 30 s per-read timeout, nor the 5 s stall
+    assert info.value.code == "slow_retrieval" and info.value.exit_code == 6 and "min_rate_bps" in info.value.hint
+    assert info.value.details["deadline_s"] == pytest.approx(0.5)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_fast_enough_server_is_not_cut(server, tmp_path):
+    server.body = SMALL
+    out = download(server.url, tmp_path / "b.bundle", length=len(SMALL), sha256=hashlib.sha256(SMALL).hexdigest(),
+                   min_rate_bps=100_000, grace_s=0.3)
+    assert out.read_bytes() == SMALL
+
+
+def test_slow_retrieval_fails_the_install_and_keeps_the_old_model(server, tmp_path, keystore, make_bundle):
+    """Installer level: the old model stays current, the event names the slow retrieval."""
+    from agent.installer import InstallRequest, Installer
+    from edgekit.core.profiles import load_profile
+
+    events = []
+    inst = Installer(tmp_path / "data", load_profile("raspberry-pi-4"), keystore.root_path,
+                     lambda s, ok, d, e, dep: events.append((s, e.code if e else None)), health_runs=3,
+                     min_rate_bps=50_000, download_grace_s=0.3)
+    assert inst.install(InstallRequest("v1", bundle_path=str(make_bundle(version="1.0.0")))).state == "committed"
+    b2 = make_bundle(version="2.0.0").read_bytes()
+    server.body, server.faults = b2, ["trickle"] * 20
+    rec = inst.install(InstallRequest("v2", url=server.url, sha256=hashlib.sha256(b2).hexdigest(), length=len(b2)))
+    assert rec.state == "failed" and rec.error["code"] == "slow_retrieval"
+    assert events[-1] == ("failed", "slow_retrieval")
+    assert inst.slots.installed()["version"] == "1.0.0"
+    assert not list((tmp_path / "data" / "downloads").iterdir())

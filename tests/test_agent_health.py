@@ -144,3 +144,24 @@ def test_serving_reuses_the_health_checked_session(tmp_path, keystore, make_bund
     ins, outs = parity.load_golden(inst.slots.path(slot) / "golden.npz")
     got = runner.run({k: v[:1] for k, v in ins.items()})
     assert np.allclose(got["logits"], outs["logits"][:1], atol=1e-4)
+
+
+@pytest.mark.parametrize("budget, stops_early", [(1e6, True), (None, True), (1e-6, False)])
+def test_latency_runs_stop_early_only_far_from_the_budget(budget, stops_early, artifacts):
+    """Real model and golden vectors: far from the budget the check stops after MIN_LATENCY_RUNS;
+    near (here: over) it every run is timed and the budget still fails the check."""
+    import json
+
+    from agent.installer import MIN_LATENCY_RUNS, health_check
+
+    art = artifacts / "fp32" / "raspberry-pi-4"
+    manifest = {"golden": {"atol": 1e-4, "rtol": 1e-3, "min_cosine": 0.999, "min_top1_agreement": 0.99},
+                "budgets": {"latency_p95_ms": budget}}
+    n = len(next(iter(parity.load_golden(art / "golden.npz")[0].values())))
+    runner = load_runner(art / "model.onnx", "onnxruntime", 1)
+    report = health_check(runner, art / "golden.npz", manifest, runs=40)
+    assert report["latency_stopped_early"] is stops_early, json.dumps(report)
+    if stops_early:
+        assert report["latency_runs"] == max(n, MIN_LATENCY_RUNS) and report["failures"] == []
+    else:
+        assert report["latency_runs"] == 40 and any("exceeds the budget" in f for f in report["failures"])

@@ -42,6 +42,7 @@ TREE = {
     e.NoticeReplayError: (e.NoticeError, 9),
     e.NoticeTargetError: (e.NoticeError, 9),
     e.EncryptionError: (e.BundleError, 5),
+    e.SlowRetrievalError: (e.TransportError, 6),
 }
 
 

@@ -22,12 +22,15 @@ MINIMAL = {
     m.INFER_RESPONSE: {"id": "r1", "ok": True},
     m.SENSOR: {"inputs": {"x": {"dtype": "float32", "shape": [], "b64": "AAAAAA=="}}},
     m.PREDICTION: {"device": "d1", "stream": "cam0", "ok": True},
+    m.CHUNK_REQUEST: {"sha256": SHA, "offset": 0, "length": 65536},
 }
 
 # (schema, field, wrong value, expected fragment of the error)
 WRONG_TYPES = [
     (m.STATUS, "online", "yes", "online: must be bool"),
     (m.STATUS, "session", -1, "session: must be >= 0"),
+    (m.CHUNK_REQUEST, "offset", -1, "offset: must be >= 0"),
+    (m.NOTICE, "transport", "ftp", "transport: must be one of http, mqtt"),
     (m.STATUS, "ts", 0, "ts: must be > 0"),
     (m.TELEMETRY, "seq", 1.5, "seq: must be int"),
     (m.TELEMETRY, "health", [], "health: must be dict"),

@@ -51,3 +51,36 @@ def test_tflite_bundle_installs_and_serves_on_a_watch(broker, registry, agent_fa
             infer_remote(op.conn, FLEET, "dev-1", {"input": x[:1].transpose(0, 3, 1, 2).copy()}, timeout=10)
     finally:
         op.conn.close()
+
+
+def test_tflite_bundle_ships_a_drift_reference_and_the_agent_sketches_it(tflite_bundle, keystore, tmp_path):
+    """The agent's own infer path (in process) on the TFLite engine: calm inputs vs a stuck sensor."""
+    import json
+    import tarfile
+
+    from agent.config import load_config
+    from agent.installer import InstallRequest
+    from agent.service import Agent
+    from edgekit.demo import provision_device
+
+    bundle, _ = tflite_bundle
+    with tarfile.open(bundle) as tar:
+        targets = json.loads(tar.extractfile("metadata/targets.json").read())["signed"]["targets"]
+        ref = json.loads(tar.extractfile("drift.json").read())
+    assert "drift.json" in targets and list(ref["inputs"]) == ["input"] and ref["outputs"]["logits"]["classes"] == 10
+    cfg = provision_device(tmp_path / "dev", "watch-1", "pixel-watch-2", 1883, keystore.root_path)
+    cfg.write_text(cfg.read_text().replace("[telemetry]\n", "[telemetry]\ndrift_every = 1\n"))
+    agent = Agent(load_config(cfg))
+    assert agent.installer.install(InstallRequest("tfl-1", bundle_path=str(bundle))).state == "committed"
+    assert agent.manifest["engine"] != "onnxruntime" and agent.drift is not None
+    with np.load(SAMPLES / "validation.npz") as data:
+        x = data["input"][:60].transpose(0, 2, 3, 1).copy()
+    for i in range(len(x)):
+        agent.infer({"input": x[i:i + 1]})
+    calm = agent.drift.snapshot()
+    for i in range(len(x)):
+        agent.infer({"input": np.full_like(x[i:i + 1], x.max() * 2)})
+    stuck = agent.drift.snapshot()
+    assert calm["samples"] == 60 and calm["inputs"]["input"]["psi"] < 0.25, calm
+    assert stuck["inputs"]["input"]["psi"] > 1.0 and stuck["inputs"]["input"]["std"] == 0.0, stuck
+    assert "logits" in stuck["outputs"]

@@ -27,14 +27,17 @@ def _connect(broker: str, prefix: str, identity: str | None = None):
 @click.option("--device", "-d", "devices", multiple=True, required=True, help="Target device id (repeatable).")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for each device's final answer.")
 @click.option("--ttl", default=3600.0, show_default=True, help="Seconds the signed notice stays valid.")
+@click.option("--transport", type=click.Choice(["http", "mqtt"]), default="http", show_default=True,
+              help="How devices fetch the bundle: HTTP from the registry, or in chunks over the broker "
+                   "(for devices that reach only the broker).")
 @fleet_option
 @broker_option
 @registry_option
 @keys_option
 @identity_option
 @json_option
-def push(bundle: Path, devices: tuple[str, ...], timeout: float, ttl: float, fleet: str, broker: str, registry: str,
-         keys_dir: str, identity: str | None, as_json: bool) -> None:
+def push(bundle: Path, devices: tuple[str, ...], timeout: float, ttl: float, transport: str, fleet: str, broker: str,
+         registry: str, keys_dir: str, identity: str | None, as_json: bool) -> None:
     """Upload BUNDLE to the registry, send a signed deployment notice to each --device over MQTT,
     and wait until every device has committed or refused it. Exit 0 only if all committed.
 
@@ -43,6 +46,8 @@ def push(bundle: Path, devices: tuple[str, ...], timeout: float, ttl: float, fle
     --ttl and is single-use. Example (mTLS broker):
       edgekit push bundles/digits-1.0.0-raspberry-pi-4.bundle -d pi-01 \\
           --keys keys --identity pki/services/edgekit-host --broker 127.0.0.1:8883
+    Devices behind a broker-only link (the registry serves the chunks over MQTT):
+      edgekit push bundles/digits-1.0.0-raspberry-pi-4.bundle -d pi-01 --transport mqtt
     """
     def body():
         from edgekit.deploy import DeviceWatcher, check_outcome, make_notice, push as send, read_manifest, upload
@@ -56,7 +61,8 @@ def push(bundle: Path, devices: tuple[str, ...], timeout: float, ttl: float, fle
             watcher = DeviceWatcher(conn, fleet, list(devices))
             pending = {}
             for d in devices:
-                notice = make_notice(manifest, stored, ttl, device=d, fleet=fleet, signer=signer)
+                notice = make_notice(manifest, stored, ttl, device=d, fleet=fleet, signer=signer,
+                                     transport=None if transport == "http" else transport)
                 send(conn, fleet, d, notice)
                 pending[d] = notice["deployment_id"]
             show = (lambda d, e: None) if as_json else \

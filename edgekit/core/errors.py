@@ -28,7 +28,8 @@ Tree::
     │   ├── EncryptionError                    encrypted model not wrapped for this device
     │   └── CompatibilityError                 bundle built for another profile / runtime / budget
     ├── TransportError                exit 6   broker / HTTP / download failure
-    │   └── TimeoutError_                      no answer in time (silence counts as failure)
+    │   ├── TimeoutError_                      no answer in time (silence counts as failure)
+    │   └── SlowRetrievalError                 a download slower than the minimum rate (deadline)
     ├── InstallError                  exit 7   install / health check / switch failed (rolled back)
     │   └── HealthTimeoutError                 the health check's inference hung past its deadline
     ├── StorageError                  exit 8   disk full, unwritable data dir
@@ -152,6 +153,13 @@ class TransportError(EdgekitError):
 
 class TimeoutError_(TransportError):
     code = "timeout"
+
+
+class SlowRetrievalError(TransportError):
+    code = "slow_retrieval"
+    default_hint = ("The download ran past its deadline (signed length / [install] min_rate_bps + grace): the link "
+                    "or server is too slow, or stalling on purpose. Retry on a better link, or lower "
+                    "[install] min_rate_bps if this link is known to be that slow.")
 
 
 class InstallError(EdgekitError):

@@ -28,6 +28,8 @@ INFER_REQUEST = "edgekit.infer.request/1"
 INFER_RESPONSE = "edgekit.infer.response/1"
 SENSOR = "edgekit.sensor/1"          # streaming mode: a sample for the device to infer on
 PREDICTION = "edgekit.prediction/1"  # streaming mode: the device's answer to one SENSOR message
+CHUNK_REQUEST = "edgekit.chunk.request/1"  # MQTT transfer: bytes [offset, offset+length) of a bundle
+TRANSPORTS = ("http", "mqtt")
 
 SCHEMAS: dict[str, dict] = {
     STATUS: {
@@ -58,6 +60,9 @@ SCHEMAS: dict[str, dict] = {
         # signed notices (edgekit.core.notices): target, single use, signatures, root chain to follow
         "device": (str, False, None), "fleet": (str, False, None), "nonce": (str, False, None),
         "signatures": (list, False, None), "roots": (list, False, None),
+        # how the device fetches the bundle: "http" (bundle_url, default) or "mqtt" (chunks by sha256
+        # from the registry over the broker, edgekit.core.chunks); signed like every other field
+        "transport": (str, False, one_of(TRANSPORTS)),
     },
     INFER_REQUEST: {
         "schema": (str, True, None), "id": (str, True, None), "inputs": (dict, True, None),
@@ -68,6 +73,10 @@ SCHEMAS: dict[str, dict] = {
         "outputs": (dict, False, None), "error": (dict, False, None),
         "latency_ms": ((int, float), False, non_negative), "model": (str, False, None),
         "version": (str, False, None), "device": (str, False, None),
+    },
+    CHUNK_REQUEST: {
+        "schema": (str, True, None), "sha256": (str, True, _SHA256), "offset": (int, True, non_negative),
+        "length": (int, True, positive),
     },
     SENSOR: {
         "schema": (str, True, None), "ts": ((int, float), True, positive), "inputs": (dict, True, None),

@@ -81,6 +81,7 @@ class MqttConnection:
         self._pubacks: dict[int, int] = {}
         self._subacks: dict[int, int] = {}
         self._handlers: list[tuple[str, Handler]] = []
+        self._subscriptions: dict[str, int] = {}  # filter -> QoS, renewed after a reconnect without session
         self._rpc_waiters: list[Handler] = []
         self.on_connected: Callable[[bool], None] | None = None
         self.client.on_connect = self._on_connect
@@ -96,6 +97,9 @@ class MqttConnection:
         with self._cv:
             self._connack = reason_code.value
             self._cv.notify_all()
+        if reason_code.value == 0 and not flags.session_present and self._subscriptions:
+            # the broker forgot us (restart without persistence, clean start): subscribe again, no wait here
+            client.subscribe(list(self._subscriptions.items()))
         if reason_code.value == 0 and self.on_connected:
             self.on_connected(bool(flags.session_present))
 
@@ -185,6 +189,7 @@ class MqttConnection:
 
     def subscribe(self, filters: list[tuple[str, int]], handler: Handler, timeout: float = 10.0) -> None:
         self._handlers.extend((flt, handler) for flt, _ in filters)
+        self._subscriptions.update(filters)
         rc, mid = self.client.subscribe(filters)
         if rc != paho.MQTT_ERR_SUCCESS:
             raise TransportError(f"subscribe to {[f for f, _ in filters]} failed: {paho.error_string(rc)}")
@@ -212,29 +217,29 @@ class MqttConnection:
 
     def request(self, topic: str, payload: bytes, response_topic: str, timeout: float = 10.0) -> bytes:
         """MQTT 5 request/response: subscribe to ``response_topic``, correlate by a random id."""
-        corr = uuid.uuid4().bytes
-        box: dict[str, bytes] = {}
-        done = threading.Event()
+        pending = self.send_request(topic, payload, response_topic, timeout=timeout)
+        try:
+            return pending.result(timeout)
+        finally:
+            pending.cancel()
 
-        def on_reply(_topic: str, body: bytes, props: Properties | None) -> None:
-            if props is not None and getattr(props, "CorrelationData", None) == corr:
-                box["body"] = body
-                done.set()
-
+    def send_request(self, topic: str, payload: bytes, response_topic: str, *, timeout: float = 10.0,
+                     wait: bool = True) -> "PendingReply":
+        """Publish a request and return at once; ``.result(timeout)`` waits for its answer. Several may
+        be in flight (pipelining); ``wait=False`` does not wait for the request's PUBACK either."""
         if not any(f == response_topic for f, _ in self._handlers):
-            self.subscribe([(response_topic, 1)], self._dispatch_reply)
-        self._rpc_waiters.append(on_reply)
+            self.subscribe([(response_topic, 1)], self._dispatch_reply, timeout=timeout)
+        pending = PendingReply(self, response_topic)
+        self._rpc_waiters.append(pending.offer)
         try:
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic = response_topic
-            props.CorrelationData = corr
-            self.publish(topic, payload, qos=1, properties=props, timeout=timeout)
-            if not done.wait(timeout):
-                raise TimeoutError_(f"no reply on {response_topic} within {timeout:.0f}s",
-                                    hint="Is the device online? `edgekit fleet ls` shows its last status.")
-            return box["body"]
-        finally:
-            self._rpc_waiters.remove(on_reply)
+            props.CorrelationData = pending.corr
+            self.publish(topic, payload, qos=1, properties=props, timeout=timeout, wait=wait)
+        except BaseException:
+            pending.cancel()
+            raise
+        return pending
 
     def _dispatch_reply(self, topic: str, body: bytes, props: Properties | None) -> None:
         for waiter in list(self._rpc_waiters):
@@ -250,9 +255,36 @@ class MqttConnection:
             self.client.loop_stop()
 
 
-def reply(conn: MqttConnection, request_props: Properties | None, payload: bytes) -> bool:
-    """Answer an MQTT 5 request on its response topic with its correlation data."""
-    topic = getattr(request_props, "ResponseTopic", None) if request_props is not None else None
+class PendingReply:
+    """One request in flight (see :meth:`MqttConnection.send_request`)."""
+
+    def __init__(self, conn: MqttConnection, response_topic: str) -> None:
+        self.conn, self.response_topic, self.corr = conn, response_topic, uuid.uuid4().bytes
+        self._done = threading.Event()
+        self.body: bytes | None = None
+
+    def offer(self, _topic: str, body: bytes, props: Properties | None) -> None:
+        if props is not None and getattr(props, "CorrelationData", None) == self.corr:
+            self.body = body
+            self._done.set()
+
+    def result(self, timeout: float) -> bytes:
+        if not self._done.wait(timeout):
+            raise TimeoutError_(f"no reply on {self.response_topic} within {timeout:.0f}s",
+                                hint="Is the device online? `edgekit fleet ls` shows its last status.")
+        return self.body
+
+    def cancel(self) -> None:
+        try:
+            self.conn._rpc_waiters.remove(self.offer)
+        except ValueError:
+            pass
+
+
+def reply(conn: MqttConnection, request_props: Properties | None, payload: bytes, topic: str | None = None) -> bool:
+    """Answer an MQTT 5 request on its response topic (or ``topic``, when the responder fixes
+    where answers go) with its correlation data."""
+    topic = topic or (getattr(request_props, "ResponseTopic", None) if request_props is not None else None)
     if not topic:
         return False
     props = Properties(PacketTypes.PUBLISH)

@@ -9,6 +9,8 @@ isolates devices)::
     edgekit/v1/{fleet}/devices/{device}/cmd/{command}       to the device: deploy, rollback, config
     edgekit/v1/{fleet}/devices/{device}/rpc/infer           inference requests (MQTT 5 response topic)
     edgekit/v1/{fleet}/devices/{device}/rpc/res/{client}    inference responses for one requester
+    edgekit/v1/{fleet}/devices/{device}/rpc/chunk           bundle chunk requests (device -> registry)
+    edgekit/v1/{fleet}/devices/{device}/rpc/chunk/res       bundle chunk answers (registry -> device)
     edgekit/v1/{fleet}/devices/{device}/sensors/{stream}    streaming mode: sensor samples to infer on
     edgekit/v1/{fleet}/devices/{device}/predictions/{stream} streaming mode: the agent's predictions
 
@@ -66,6 +68,25 @@ def rpc_request(fleet: str, device: str, method: str = "infer") -> str:
 
 def rpc_response(fleet: str, device: str, client: str) -> str:
     return f"{device_base(fleet, device)}/rpc/res/{check_name(client, 'client id')}"
+
+
+def chunk_request(fleet: str, device: str) -> str:
+    """Where a device asks for bundle bytes (MQTT transfer, ``edgekit.chunk.request/1``)."""
+    return f"{device_base(fleet, device)}/rpc/chunk"
+
+
+def chunk_response(fleet: str, device: str) -> str:
+    """Where the registry answers a device's chunk requests (binary, :mod:`edgekit.core.chunks`).
+    Always derived from the request topic, never from a requester-supplied response topic."""
+    return f"{chunk_request(fleet, device)}/res"
+
+
+def chunk_filter(fleet: str = "+", shared_group: str | None = None) -> str:
+    """The chunk server's subscription: every device's chunk requests (optionally shared)."""
+    if fleet != "+":
+        check_name(fleet, "fleet id")
+    flt = f"{ROOT}/{fleet}/devices/+/rpc/chunk"
+    return f"$share/{check_name(shared_group, 'shared subscription group')}/{flt}" if shared_group else flt
 
 
 def sensor(fleet: str, device: str, stream: str) -> str:

@@ -1,4 +1,4 @@
-"""Run the registry: database + MQTT ingest + HTTP API + rollout engine in one process.
+"""Run the registry: database + MQTT ingest + MQTT chunk server + HTTP API + rollout engine in one process.
 
 Extra ingest-only workers (``rollouts=False``, same ``shared_group``, own ``client_id``) can run
 next to it against the same database; exactly one process should drive rollouts.
@@ -13,6 +13,7 @@ from pathlib import Path
 from edgekit.core.errors import TransportError
 
 from . import db
+from .chunks import ChunkServer
 from .http_api import RegistryHTTPServer
 from .ingest import Ingest
 from .rollout_engine import RolloutEngine
@@ -27,6 +28,7 @@ class Registry:
         self.ingest = Ingest(self.engine, broker_host, broker_port, client_id=client_id, shared_group=shared_group,
                              tls=tls)
         self.http = RegistryHTTPServer((http_host, http_port), self.engine, store, self.ingest)
+        self.chunks = ChunkServer(self.ingest.conn, store, shared_group=self.ingest.shared_group)  # MQTT transfer
         self.rollouts = RolloutEngine(self.engine, self._publish, lambda: self.http.base_url, tick_s,
                                       can_send=lambda: self.ingest.conn.connected,
                                       notice_signer=notice_signer) if rollouts else None
@@ -44,6 +46,7 @@ class Registry:
 
     def start(self) -> "Registry":
         self.ingest.start()
+        self.chunks.start()
         threading.Thread(target=self.http.serve_forever, name="registry-http", daemon=True).start()
         if self.rollouts:
             self.rollouts.start()
@@ -54,6 +57,7 @@ class Registry:
             self.rollouts.stop()
         self.http.shutdown()
         self.http.server_close()
+        self.chunks.stop()
         self.ingest.stop()
         self.engine.dispose()
 
