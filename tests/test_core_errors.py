@@ -42,6 +42,9 @@ TREE = {
     e.NoticeReplayError: (e.NoticeError, 9),
     e.NoticeTargetError: (e.NoticeError, 9),
     e.EncryptionError: (e.BundleError, 5),
+    e.AuthError: (e.EdgekitError, 10),
+    e.ForbiddenError: (e.AuthError, 10),
+    e.RollbackUnavailableError: (e.InstallError, 7),
 }
 
 

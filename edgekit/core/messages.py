@@ -28,6 +28,7 @@ INFER_REQUEST = "edgekit.infer.request/1"
 INFER_RESPONSE = "edgekit.infer.response/1"
 SENSOR = "edgekit.sensor/1"          # streaming mode: a sample for the device to infer on
 PREDICTION = "edgekit.prediction/1"  # streaming mode: the device's answer to one SENSOR message
+ROLLBACK = "edgekit.rollback/1"      # cmd/rollback: switch back to the previous verified slot (signed)
 
 SCHEMAS: dict[str, dict] = {
     STATUS: {
@@ -56,6 +57,13 @@ SCHEMAS: dict[str, dict] = {
         "sha256": (str, True, _SHA256), "length": (int, True, positive),
         "issued_at": ((int, float), True, positive), "expires_at": ((int, float), False, positive),
         # signed notices (edgekit.core.notices): target, single use, signatures, root chain to follow
+        "device": (str, False, None), "fleet": (str, False, None), "nonce": (str, False, None),
+        "signatures": (list, False, None), "roots": (list, False, None),
+    },
+    ROLLBACK: {  # signed like a NOTICE (edgekit.core.notices); the schema id is part of the signed bytes
+        "schema": (str, True, None), "deployment_id": (str, True, None), "model": (str, True, None),
+        "version": (str, True, None), "issued_at": ((int, float), True, positive),
+        "expires_at": ((int, float), False, positive), "from_version": (str, False, None),
         "device": (str, False, None), "fleet": (str, False, None), "nonce": (str, False, None),
         "signatures": (list, False, None), "roots": (list, False, None),
     },
