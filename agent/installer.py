@@ -10,6 +10,12 @@ point leaves the previous model serving (after the switch, a failure switches ba
 
 Every transition is reported through ``emit(state, ok, details, error, deployment_id)``.
 
+A signed ``cmd/rollback`` (``InstallRequest(kind="rollback")``) runs its own path through the same
+persisted machine: ``rollback_check`` (the inactive slot — the one this device verified and served
+before — must hold the requested model@version) → ``rollback_health`` (golden vectors of that slot)
+→ ``rolling_back`` (switch) → ``rolled_back`` (ok). Nothing is downloaded, and the release the
+device rolled back *from* stays the anti-rollback floor for later downloads (``release_floor.json``).
+
 The health check runs in a worker thread with a deadline (``health_timeout_s``): a run that hangs
 is cancelled (onnxruntime's terminate flag) or, for engines that cannot cancel, abandoned, and
 the install fails with :class:`HealthTimeoutError`. The session it built is handed to
@@ -30,7 +36,7 @@ import numpy as np
 from edgekit.core import parity
 from edgekit.core.atomic import atomic_write_json, ensure_free_space, read_json, remove_tree
 from edgekit.core.errors import (BundleError, CompatibilityError, EdgekitError, HealthTimeoutError, InstallError,
-                                 ParityError, RollbackError, TransportError)
+                                 ParityError, RollbackError, RollbackUnavailableError, TransportError)
 from edgekit.core.profiles import Profile
 
 from .runtime import Runner, available_engines, load_runner, serving_threads
@@ -50,6 +56,12 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("switching", "fail"): "rolling_back",
     ("rolling_back", "ok"): "rolled_back",
     ("rolling_back", "fail"): "rolled_back",
+    # a commanded rollback (kind="rollback"): back to the previous verified slot, health-checked first
+    ("rollback_check", "ok"): "rollback_health",
+    ("rollback_check", "already_installed"): "already_installed",
+    ("rollback_check", "fail"): "failed",
+    ("rollback_health", "ok"): "rolling_back",
+    ("rollback_health", "fail"): "failed",
 }
 TERMINAL = ("committed", "failed", "rolled_back", "already_installed")
 MAX_ATTEMPTS = 3
@@ -81,6 +93,7 @@ class InstallRequest:
     version: str | None = None
     allow_downgrade: bool = False
     transport: str = "http"                 # how ``_download`` fetches: "http" (url) or "mqtt" (chunks)
+    kind: str = "install"                   # "rollback": a signed cmd/rollback, no download
 
 
 @dataclass
@@ -114,6 +127,7 @@ class Installer:
         self.handlers: dict[str, Callable[[InstallRecord], None]] = {
             "downloading": self._download, "verifying": self._verify, "staging": self._stage,
             "health_check": self._health_check, "switching": self._switch, "rolling_back": self._roll_back,
+            "rollback_check": self._rollback_check, "rollback_health": self._health_check,
         }
         self._verified_manifest: dict | None = None
         from .fetch import GRACE_S, MIN_RATE_BPS
@@ -139,7 +153,7 @@ class Installer:
 
     # -- driver ------------------------------------------------------------------------------
     def install(self, request: InstallRequest) -> InstallRecord:
-        first = "downloading" if request.url else "verifying"
+        first = "rollback_check" if request.kind == "rollback" else "downloading" if request.url else "verifying"
         rec = InstallRecord(request=request, state=first, previous_slot=self.slots.current())
         return self._drive(rec)
 
@@ -185,7 +199,8 @@ class Installer:
             rec.error = err.to_dict()
         remove_tree(self._work(rec))
         self._save(rec)
-        ok = state in ("committed", "already_installed")
+        ok = state in ("committed", "already_installed") or (
+            state == "rolled_back" and rec.request.kind == "rollback" and not rec.error)  # commanded: success
         self.emit(state, ok, dict(rec.details), err if err else (None if ok else _error_from(rec.error)),
                   rec.request.deployment_id)
         return rec
@@ -248,9 +263,12 @@ class Installer:
         if installed and installed["model"] == m["model"]["name"]:
             if installed["release"] == m["model"]["release"] and installed["version"] == m["model"]["version"]:
                 return "already_installed"
-            if m["model"]["release"] < installed["release"] and not rec.request.allow_downgrade:
+            floor = max(installed["release"], self.release_floor(installed["model"]))
+            if m["model"]["release"] < floor and not rec.request.allow_downgrade:
                 raise RollbackError(f"release {m['model']['release']} ({m['model']['version']}) is older than the "
-                                    f"installed release {installed['release']} ({installed['version']})")
+                                    f"installed release {installed['release']} ({installed['version']})"
+                                    + ("" if floor == installed["release"] else
+                                       f" or the release {floor} this device rolled back from"))
 
     def _stage(self, rec: InstallRecord) -> None:
         extracted = self._work(rec) / "extracted"
@@ -317,14 +335,51 @@ class Installer:
         if rec.request.bundle_path and rec.request.url:
             Path(rec.request.bundle_path).unlink(missing_ok=True)
 
+    def release_floor(self, model: str) -> int:
+        """The highest release of ``model`` this device served before a commanded rollback (0 if none)."""
+        return int((read_json(self.data_dir / "release_floor.json") or {}).get(model, 0))
+
+    def _rollback_check(self, rec: InstallRecord) -> str | None:
+        """The inactive slot must hold the requested model@version (which this device verified and
+        health-checked when it installed it); it becomes ``rec.slot``."""
+        req, cur = rec.request, self.slots.current()
+        installed = self.slots.installed() or {}
+        if cur and (installed.get("model"), installed.get("version")) == (req.model, req.version):
+            rec.details.update(model=req.model, version=req.version, release=installed.get("release"))
+            return "already_installed"
+        target = self.slots.inactive()
+        if cur is None or not (self.slots.path(target) / "manifest.json").exists():
+            raise RollbackUnavailableError(f"cannot roll back to {req.model}@{req.version}: this device has no "
+                                           "previous verified slot", requested=f"{req.model}@{req.version}")
+        m = self.slots.manifest(target)["model"]
+        if (m["name"], m["version"]) != (req.model, req.version):
+            raise RollbackUnavailableError(f"cannot roll back to {req.model}@{req.version}: the previous slot holds "
+                                           f"{m['name']}@{m['version']}", requested=f"{req.model}@{req.version}",
+                                           previous=f"{m['name']}@{m['version']}")
+        rec.slot, rec.previous_slot = target, cur
+        rec.details.update(model=m["name"], version=m["version"], release=m["release"],
+                           from_model=installed.get("model"), from_version=installed.get("version"),
+                           from_release=installed.get("release"))
+
     def _roll_back(self, rec: InstallRecord) -> None:
-        prev = rec.previous_slot
+        commanded = rec.request.kind == "rollback"
+        prev = rec.slot if commanded else rec.previous_slot
         if prev and (self.slots.path(prev) / "manifest.json").exists():
             m = self.slots.manifest(prev)
+            if commanded and rec.details.get("from_release") is not None:  # never lower the download floor
+                floors = read_json(self.data_dir / "release_floor.json") or {}
+                name = rec.details.get("from_model") or m["model"]["name"]
+                floors[name] = max(int(floors.get(name, 0)), int(rec.details["from_release"]))
+                atomic_write_json(self.data_dir / "release_floor.json", floors)
             self.slots.switch(prev, {"model": m["model"]["name"], "version": m["model"]["version"],
-                                     "release": m["model"]["release"], "installed_at": time.time()})
+                                     "release": m["model"]["release"], "installed_at": time.time(),
+                                     **({"deployment_id": rec.request.deployment_id} if commanded else {})})
             if self.on_commit:
-                self.on_commit(self.slots.path(prev), m, None)
+                checked = self._checked[1] if commanded and self._checked and self._checked[0] == prev else None
+                self.on_commit(self.slots.path(prev), m, checked)
+            self._checked = None
+        elif commanded:  # the checked slot vanished between the health check and the switch
+            raise RollbackUnavailableError(f"previous slot {prev} is gone; nothing was switched")
 
 
 def _crash_point(name: str) -> None:

@@ -160,6 +160,8 @@ class Agent:
             parsed = topics.parse(topic)
             if parsed.kind == "cmd" and parsed.rest == ("deploy",):
                 self._on_notice(payload)
+            elif parsed.kind == "cmd" and parsed.rest == ("rollback",):
+                self._on_notice(payload, messages.ROLLBACK)
             elif parsed.kind == "rpc" and parsed.rest == ("infer",):
                 self._pool.submit(self._on_infer, payload, props)
             elif parsed.kind == "sensors" and len(parsed.rest) == 1 and parsed.rest[0] in self.cfg.streams:
@@ -168,13 +170,17 @@ class Agent:
             self._emit("rejected", False, {"topic": topic}, exc,
                        getattr(exc, "details", {}).get("deployment_id"))
 
-    def _on_notice(self, payload: bytes) -> None:
+    def _on_notice(self, payload: bytes, schema: str = messages.NOTICE) -> None:
+        """A signed deploy notice, or (``schema=ROLLBACK``) a signed rollback command: same checks."""
         from edgekit.core.notices import check_on_device
 
-        notice = check_on_device(messages.loads(payload, messages.NOTICE), self.cfg.trusted_root,
+        notice = check_on_device(messages.loads(payload, schema), self.cfg.trusted_root,
                                  self.installer.root_history, device=self.cfg.device_id, fleet=self.cfg.fleet,
                                  replay_path=self.cfg.data_dir / "notices.json",
                                  now=self.installer._reference_time())  # clock with the persisted floor
+        if schema == messages.ROLLBACK:
+            return self._deployments.put(InstallRequest(deployment_id=notice["deployment_id"], model=notice["model"],
+                                                        version=notice["version"], kind="rollback"))
         self._deployments.put(InstallRequest(
             deployment_id=notice["deployment_id"], url=notice["bundle_url"], sha256=notice["sha256"],
             length=notice["length"], model=notice["model"], version=notice["version"],

@@ -232,8 +232,11 @@ def make_bundles(work: Path) -> list[Path]:
 
 def bench_rollout(args, work: Path) -> dict:
     bundles = make_bundles(work)
+    from edgekit.demo import registry_token
+
     with ManagedBroker(work / "broker-rollout") as broker:
         port = free_port()
+        auth = {"Authorization": f"Bearer {registry_token(f'sqlite:///{work}/rollout.db', 'bench')}"}
         reg = Proc("registry", [sys.executable, "-m", "edgekit.cli.main", "registry", "serve",
                                 "--db", f"sqlite:///{work}/rollout.db", "--store", str(work / "artifacts"),
                                 "--port", str(port), "--broker", f"127.0.0.1:{broker.port}"], work / "registry.log")
@@ -242,9 +245,9 @@ def bench_rollout(args, work: Path) -> dict:
             for b in bundles:
                 with open(b, "rb") as fh:
                     requests.post(f"{url}/api/v1/artifacts", params={"name": b.name}, data=fh.read(),
-                                  timeout=30).raise_for_status()
+                                  timeout=30, headers=auth).raise_for_status()
             requests.post(f"{url}/api/v1/models/digits-cnn/versions/2.0.0", json={"stage": "released"},
-                          timeout=10).raise_for_status()
+                          timeout=10, headers=auth).raise_for_status()
             t_conn = time.perf_counter()
             sim = FleetSim("127.0.0.1", broker.port, args.rollout_devices, telemetry_s=args.telemetry_s,
                            default=Knobs(latency_ms=5.0), knobs={"2.0.0": Knobs(latency_ms=5.2)}).start(timeout=120)
@@ -256,7 +259,7 @@ def bench_rollout(args, work: Path) -> dict:
             proc = psutil.Process(reg.proc.pid)
             cpu0, rss_idle = proc.cpu_times(), proc.memory_info().rss
             t0 = time.perf_counter()
-            r = requests.post(f"{url}/api/v1/rollouts", timeout=30, json={
+            r = requests.post(f"{url}/api/v1/rollouts", timeout=30, headers=auth, json={
                 "model": "digits-cnn", "version": "2.0.0", "selector": "all", "waves": "1%,10%,50%,100%",
                 "abort_if": ["failure_rate>5%", "parity_failures>0", "p95_latency>1.2x"], "timeout_s": 120})
             r.raise_for_status()

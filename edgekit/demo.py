@@ -94,6 +94,17 @@ def start_agent(workdir: Path, device: str, profile: str, broker: ManagedBroker,
     return Proc(device, [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)], home / "agent.log")
 
 
+def registry_token(db_url: str, name: str = "demo") -> str:
+    """An operator API token, created in the registry database before the registry starts."""
+    from edgekit.registry import db, tokens
+
+    engine = db.open_db(db_url)
+    try:
+        return tokens.create(engine, "operator", name)["token"]
+    finally:
+        engine.dispose()
+
+
 def start_registry(workdir: Path, broker: ManagedBroker) -> tuple[Proc, str]:
     port = free_port()
     tls = ["--identity", str(broker.pki.directory / "services" / "edgekit-registry")] if broker.tls else []
@@ -123,6 +134,7 @@ def run_demo(workdir: Path | None = None, log: Callable[[str], None] = print, *,
         log(f"[1/7] starting mosquitto (loopback, {'mTLS + per-device ACL' if secure else 'PLAIN, no auth'}) in {workdir}")
         broker = stack.enter_context(ManagedBroker(workdir / "broker", pki=pki))
         log(f"[2/7] starting the registry; broker on 127.0.0.1:{broker.port}")
+        token = registry_token(f"sqlite:///{workdir}/registry.db")  # uploads need an operator token
         registry, url = start_registry(workdir, broker)
         stack.callback(registry.stop)
         store = init_keystore(workdir / "keys")
@@ -143,7 +155,7 @@ def run_demo(workdir: Path | None = None, log: Callable[[str], None] = print, *,
         log("[5/7] signing bundles and uploading them to the registry")
         bundles = {p: release_artifact(workdir / "out" / p, store, workdir / "bundles", name="digits-cnn",
                                        version="1.0.0") for p in reports}
-        stored = {p: upload(b, url) for p, b in bundles.items()}
+        stored = {p: upload(b, url, token) for p, b in bundles.items()}
 
         log("[6/7] deploying over MQTT and waiting for each device to commit")
         conn = MqttConnection(f"edgekit-demo-{uuid.uuid4().hex[:6]}", "127.0.0.1", broker.port,

@@ -30,15 +30,25 @@ def parse_broker(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def upload(bundle_path: Path, registry: str) -> dict:
+def upload(bundle_path: Path, registry: str, token: str | None = None) -> dict:
+    """Upload a bundle with an operator token (``token`` or ``$EDGEKIT_REGISTRY_TOKEN``)."""
+    from .cli.registry_client import auth_headers, raise_for_auth
+
     size = bundle_path.stat().st_size
+    auth = auth_headers(token)
     try:
         with open(bundle_path, "rb") as fh:
             r = requests.post(f"{registry.rstrip('/')}/api/v1/artifacts", params={"name": bundle_path.name},
-                              data=fh, headers={"Content-Length": str(size)}, timeout=60)
+                              data=fh, headers={"Content-Length": str(size), **auth}, timeout=60)
     except requests.RequestException as exc:
         raise TransportError(f"cannot upload to the registry at {registry}: {exc}",
                              hint="Start it with `edgekit registry serve` or pass --registry URL.") from None
+    if r.status_code in (401, 403):
+        try:
+            data = r.json()
+        except ValueError:
+            data = {}
+        raise_for_auth(r.status_code, data, registry, bool(auth))
     if r.status_code != 201:
         raise TransportError(f"registry refused the upload: HTTP {r.status_code} {r.text[:200]}")
     return r.json()
@@ -71,6 +81,21 @@ def make_notice(manifest: dict, stored: dict, ttl_s: float = 3600, *, device: st
     if device is None:
         raise UsageError("a signed notice names its device: pass device=")
     return signer.sign(notice, device=device, fleet=fleet)
+
+
+def make_rollback(model: str, version: str, ttl_s: float = 3600, *, device: str | None = None,
+                  fleet: str = "default", signer=None, from_version: str | None = None) -> dict:
+    """A ``cmd/rollback`` command: switch back to the previous verified slot holding ``model@version``.
+    Signed, single-use and expiring exactly like a deployment notice (same notices key); the
+    signed schema id keeps a deploy notice from being replayed as a rollback and vice versa."""
+    now = time.time()
+    cmd = messages.build(messages.ROLLBACK, deployment_id=uuid.uuid4().hex[:12], model=model, version=version,
+                         from_version=from_version, issued_at=now, expires_at=now + ttl_s)
+    if signer is None:
+        return cmd
+    if device is None:
+        raise UsageError("a signed rollback command names its device: pass device=")
+    return signer.sign(cmd, device=device, fleet=fleet)
 
 
 class DeviceWatcher:

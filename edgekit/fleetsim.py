@@ -55,6 +55,7 @@ class SimDevice:
     connected: bool = False
     busy: bool = False
     notices: list[dict] = field(default_factory=list)
+    previous: tuple[str, str] | None = None  # the inactive A/B slot: what a cmd/rollback can go back to
 
 
 class FleetSim:
@@ -262,7 +263,10 @@ class FleetSim:
 
     def _on_message(self, client, d: SimDevice, msg) -> None:
         try:
-            if topics.parse(msg.topic).rest != ("deploy",):
+            rest = topics.parse(msg.topic).rest
+            if rest == ("rollback",):
+                return self._on_rollback(d, messages.loads(msg.payload, messages.ROLLBACK))
+            if rest != ("deploy",):
                 return
             notice = messages.loads(msg.payload, messages.NOTICE)
         except MessageError:
@@ -279,6 +283,23 @@ class FleetSim:
             outcome = "already"
         self._after(self.step_s, self._install_step, d, notice, 0, outcome)
 
+    def _on_rollback(self, d: SimDevice, cmd: dict) -> None:
+        """Answer a cmd/rollback like the agent: back to the previous slot if it holds model@version."""
+        self.received_notices += 1
+        d.notices.append(cmd)
+        want = (cmd["model"], cmd["version"])
+        if want == (d.model, d.version):
+            return self._event(d, cmd, "already_installed", True)
+        if want != d.previous:
+            have = "@".join(d.previous) if d.previous else "nothing"
+            return self._event(d, cmd, "failed", False, {"code": "rollback_unavailable", "message":
+                               f"cannot roll back to {want[0]}@{want[1]}: the previous slot holds {have}"})
+        self._event(d, cmd, "rolling_back", True)
+        d.previous, (d.model, d.version) = (d.model, d.version), want
+        self._event(d, cmd, "rolled_back", True)
+        self._publish(d, topics.status(self.fleet, d.id), self._status(d, True), retain=True)
+        self._telemetry(d)
+
     def _install_step(self, d: SimDevice, notice: dict, i: int, outcome: str) -> None:
         if d.client is None:
             return
@@ -291,7 +312,7 @@ class FleetSim:
             return self._event(d, notice, "failed", False, {"code": "parity",
                                                             "message": "health check failed: golden vectors differ"})
         if state is None:
-            d.model, d.version = notice["model"], notice["version"]
+            d.previous, (d.model, d.version) = (d.model, d.version), (notice["model"], notice["version"])
             self._event(d, notice, "committed", True)
             self._publish(d, topics.status(self.fleet, d.id), self._status(d, True), retain=True)
             self._telemetry(d)

@@ -109,12 +109,15 @@ def make_bundle(tmp_path_factory, artifacts, keystore):
 
 
 @pytest.fixture
-def registry(tmp_path, broker, keystore):
-    """A registry on the plain broker; its rollout engine signs notices with the key store's notices key."""
+def registry(tmp_path, broker, keystore, monkeypatch):
+    """A registry on the plain broker; its rollout engine signs notices with the key store's notices key.
+    An operator API token is exported as EDGEKIT_REGISTRY_TOKEN (CLI calls and subprocesses use it)."""
     from edgekit.registry.service import Registry
 
     reg = Registry(f"sqlite:///{tmp_path}/registry.db", tmp_path / "artifacts", "127.0.0.1", broker.port,
                    notice_signer=keystore.notice_signer()).start()
+    reg.token = reg.create_token("operator", "tests")
+    monkeypatch.setenv("EDGEKIT_REGISTRY_TOKEN", reg.token)
     yield reg
     reg.stop()
 

@@ -25,7 +25,8 @@ from edgekit.core import topics
 from edgekit.core.mqtt import MqttConnection
 from edgekit.demo import Proc, provision_device
 
-STATES = sorted({s for s, _ in TRANSITIONS if s not in ("downloading", "rolling_back")})
+STATES = sorted({s for s, _ in TRANSITIONS if s not in ("downloading", "rolling_back")
+                  and not s.startswith("rollback_")})  # commanded rollbacks: tests/test_agent_rollback.py
 FLEET = "demo"
 
 

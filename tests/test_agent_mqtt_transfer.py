@@ -200,7 +200,7 @@ def test_slow_chunk_server_hits_the_deadline(broker, device_conn, tmp_path):
         slow.close()
 
 
-def test_chunk_transfer_through_the_mtls_acl_stays_in_the_devices_subtree(tmp_path, pki):
+def test_chunk_transfer_through_the_mtls_acl_stays_in_the_devices_subtree(tmp_path, pki, monkeypatch):
     """mTLS broker with the generated ACL: dev-1 fetches from the registry; dev-2 sees none of it and
     cannot ask in dev-1's name."""
     from edgekit.broker import ManagedBroker
@@ -212,6 +212,7 @@ def test_chunk_transfer_through_the_mtls_acl_stays_in_the_devices_subtree(tmp_pa
     with ManagedBroker(tmp_path / "broker", pki=pki) as b:
         reg = Registry(f"sqlite:///{tmp_path}/r.db", tmp_path / "artifacts", "127.0.0.1", b.port,
                        tls=pki.service(REGISTRY)).start()
+        monkeypatch.setenv("EDGEKIT_REGISTRY_TOKEN", reg.create_token("operator", "tests"))
         dev1 = MqttConnection("dev-1", "127.0.0.1", b.port, tls=ids["dev-1"])
         dev2 = MqttConnection("dev-2", "127.0.0.1", b.port, tls=ids["dev-2"])
         try:

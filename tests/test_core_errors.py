@@ -43,6 +43,9 @@ TREE = {
     e.NoticeTargetError: (e.NoticeError, 9),
     e.EncryptionError: (e.BundleError, 5),
     e.SlowRetrievalError: (e.TransportError, 6),
+    e.AuthError: (e.EdgekitError, 10),
+    e.ForbiddenError: (e.AuthError, 10),
+    e.RollbackUnavailableError: (e.InstallError, 7),
 }
 
 

@@ -23,6 +23,7 @@ MINIMAL = {
     m.SENSOR: {"inputs": {"x": {"dtype": "float32", "shape": [], "b64": "AAAAAA=="}}},
     m.PREDICTION: {"device": "d1", "stream": "cam0", "ok": True},
     m.CHUNK_REQUEST: {"sha256": SHA, "offset": 0, "length": 65536},
+    m.ROLLBACK: {"deployment_id": "rb1", "model": "digits-cnn", "version": "1.0.0", "issued_at": 1.0},
 }
 
 # (schema, field, wrong value, expected fragment of the error)
@@ -40,6 +41,7 @@ WRONG_TYPES = [
     (m.NOTICE, "length", True, "length: must be int"),
     (m.INFER_REQUEST, "timeout_s", "5", "timeout_s: must be int or float"),
     (m.INFER_RESPONSE, "latency_ms", -1, "latency_ms: must be >= 0"),
+    (m.ROLLBACK, "version", 1, "version: must be str"),
 ]
 
 

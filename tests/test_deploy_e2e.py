@@ -61,14 +61,16 @@ def test_deploy_infer_and_registry_inventory(operator, agent_factory, make_bundl
     outputs, resp = operator.infer()
     assert resp["version"] == "1.0.0" and outputs["logits"].shape == (1, 10)
     # the registry saw the device online with its model, and stored the deployment events
+    # (the registry stores in batches: poll until the last event and the telemetry are in)
     deadline = time.time() + 10
     while time.time() < deadline:
         dev = requests.get(f"{registry.url}/api/v1/devices/dev-1", timeout=5).json()
-        if dev.get("version") == "1.0.0" and dev.get("inference"):
+        events = requests.get(f"{registry.url}/api/v1/events", params={"device": "dev-1"}, timeout=5).json()["events"]
+        states = [e["state"] for e in events]
+        if dev.get("version") == "1.0.0" and dev.get("inference") and "committed" in states:
             break
         time.sleep(0.2)
     assert dev["online"] is True and dev["profile"] == "raspberry-pi-4" and dev["version"] == "1.0.0"
-    states = [e["state"] for e in requests.get(f"{registry.url}/api/v1/events", params={"device": "dev-1"}).json()["events"]]
     assert states == ["downloading", "verifying", "staging", "health_check", "switching", "committed"]
 
 

@@ -17,8 +17,9 @@ from edgekit.registry.service import Registry
 
 
 @pytest.fixture
-def live(tmp_path, broker, make_bundle, keystore):
+def live(tmp_path, broker, make_bundle, keystore, monkeypatch):
     reg = Registry(f"sqlite:///{tmp_path}/r.db", tmp_path / "a", "127.0.0.1", broker.port, tick_s=0.05).start()
+    monkeypatch.setenv("EDGEKIT_REGISTRY_TOKEN", reg.create_token("operator", "tests"))
     sim = FleetSim("127.0.0.1", broker.port, 6, telemetry_s=0.2).start()
     runner = CliRunner()
 

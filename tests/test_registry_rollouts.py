@@ -34,6 +34,8 @@ class Reg:
     def start(self) -> None:
         self.svc = Registry(*self.args, client_id=self.client_id, tick_s=0.05).start()
         self.url = self.svc.url
+        if not getattr(self, "auth", None):  # the token lives in the DB: it survives restarts
+            self.auth = {"Authorization": f"Bearer {self.svc.create_token('operator', 'tests')}"}
 
     def stop(self) -> None:
         if self.svc:
@@ -41,18 +43,19 @@ class Reg:
             self.svc = None
 
     def get(self, path, **params):
-        r = requests.get(self.url + path, params=params, timeout=10)
+        r = requests.get(self.url + path, params=params, timeout=10, headers=self.auth)
         assert r.status_code == 200, r.text
         return r.json()
 
     def post(self, path, body=None, expect=(200, 201)):
-        r = requests.post(self.url + path, json=body or {}, timeout=10)
+        r = requests.post(self.url + path, json=body or {}, timeout=10, headers=self.auth)
         assert r.status_code in ((expect,) if isinstance(expect, int) else expect), r.text
         return r.json()
 
     def upload(self, path):
         with open(path, "rb") as fh:
-            r = requests.post(self.url + "/api/v1/artifacts", params={"name": path.name}, data=fh.read(), timeout=30)
+            r = requests.post(self.url + "/api/v1/artifacts", params={"name": path.name}, data=fh.read(), timeout=30,
+                              headers=self.auth)
         assert r.status_code == 201, r.text
         return r.json()
 
@@ -264,7 +267,8 @@ def test_pause_resume_cancel_and_rollback(reg, fleet):
     assert done["rollback_counts"].get("done") == len(updated)
     assert set(sim.versions().values()) == {"digits-cnn@1.0.0"}
     rollback_notices = [d.notices[-1] for i, d in sim.devices.items() if i in updated]
-    assert {(n["version"], n["profile"]) for n in rollback_notices} == {("1.0.0", "raspberry-pi-4")}
+    assert {(n["schema"], n["version"], n["from_version"]) for n in rollback_notices} == {
+        ("edgekit.rollback/1", "1.0.0", "2.0.0")}  # a cmd/rollback, not a deploy notice of the old release
 
 
 def test_bad_rollout_requests_are_refused_with_specific_errors(reg, fleet):
@@ -287,7 +291,7 @@ def test_rollout_to_real_agents_installs_the_signed_release(registry, agent_fact
     """The rollout engine with real edgekit-agent processes: they download the bundle from the
     registry's artifact store, verify the TUF signatures and golden vectors, and commit."""
     reg = Reg.__new__(Reg)
-    reg.url, reg.svc = registry.url, registry
+    reg.url, reg.svc, reg.auth = registry.url, registry, {"Authorization": f"Bearer {registry.token}"}
     reg.upload(make_bundle("raspberry-pi-4", "3.0.0", release=3))
     reg.post("/api/v1/models/digits-cnn/versions/3.0.0", {"stage": "released"})
     for dev in ("real-1", "real-2"):

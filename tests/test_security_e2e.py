@@ -34,11 +34,12 @@ class SecureOperator:
 
 
 @pytest.fixture
-def secure_registry(tmp_path, secure_broker):
+def secure_registry(tmp_path, secure_broker, monkeypatch):
     from edgekit.registry.service import Registry
 
     reg = Registry(f"sqlite:///{tmp_path}/registry.db", tmp_path / "artifacts", "127.0.0.1", secure_broker.port,
                    tls=secure_broker.pki.service(REGISTRY)).start()
+    monkeypatch.setenv("EDGEKIT_REGISTRY_TOKEN", reg.create_token("operator", "tests"))
     yield reg
     reg.stop()
 
@@ -147,7 +148,7 @@ def test_device_cannot_forge_another_devices_reports_through_the_stack(op, secur
         dev1.close()
 
 
-def test_encrypted_release_installs_only_where_wrapped(tmp_path, secure_broker, keystore, artifacts):
+def test_encrypted_release_installs_only_where_wrapped(tmp_path, secure_broker, keystore, artifacts, monkeypatch):
     from edgekit.demo import start_agent
     from edgekit.registry.service import Registry
     from edgekit.release import release_artifact
@@ -156,6 +157,7 @@ def test_encrypted_release_installs_only_where_wrapped(tmp_path, secure_broker, 
               for d in ("dev-1", "dev-2")]
     reg = Registry(f"sqlite:///{tmp_path}/r.db", tmp_path / "art", "127.0.0.1", secure_broker.port,
                    tls=secure_broker.pki.service("edgekit-registry")).start()
+    monkeypatch.setenv("EDGEKIT_REGISTRY_TOKEN", reg.create_token("operator", "tests"))
     op = SecureOperator(secure_broker, reg, keystore)
     try:
         for a in agents:

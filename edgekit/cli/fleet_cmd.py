@@ -187,9 +187,14 @@ def registry_group() -> None:
 @identity_option
 @click.option("--keys", "keys_dir", envvar="EDGEKIT_KEYS", default=None, type=click.Path(file_okay=False),
               help="Key store whose online notices key signs rollout notices (agents refuse unsigned notices).")
+@click.option("--private-reads", is_flag=True, help="Inventory, model and rollout reads need a viewer token too "
+              "(writes always need an operator token; health, OpenAPI and bundle downloads stay open).")
 def serve(db_url: str, store: Path, host: str, port: int, shared_group: str | None, client_id: str,
-          no_rollouts: bool, broker: str, identity: str | None, keys_dir: str | None) -> None:
+          no_rollouts: bool, broker: str, identity: str | None, keys_dir: str | None, private_reads: bool) -> None:
     """Ingest device reports from MQTT into the database, serve the HTTP API + bundles, drive rollouts.
+
+    Writes (uploads, stages, tags, groups, rollouts) need an operator bearer token: create one with
+    `edgekit registry token create --db URL --role operator` and export it as EDGEKIT_REGISTRY_TOKEN.
 
     \b
     Examples:
@@ -214,10 +219,91 @@ def serve(db_url: str, store: Path, host: str, port: int, shared_group: str | No
         elif not no_rollouts:
             click.echo("warning: no --keys: rollout notices will be unsigned and agents will refuse them",
                        err=True)
-        Registry(db_url, store, bhost, bport, host, port, tls=tls_files(identity), shared_group=shared_group,
-                 client_id=client_id, rollouts=not no_rollouts, notice_signer=signer).serve_forever(
+        reg = Registry(db_url, store, bhost, bport, host, port, tls=tls_files(identity), shared_group=shared_group,
+                       client_id=client_id, rollouts=not no_rollouts, notice_signer=signer,
+                       private_reads=private_reads)
+        from edgekit.registry import tokens
+
+        if not any(not t["revoked"] for t in tokens.list_tokens(reg.engine)):
+            click.echo("warning: no API token yet, so every write will be refused (401): create one with "
+                       "`edgekit registry token create --db URL --role operator`", err=True)
+        reg.serve_forever(
             lambda url: click.echo(json.dumps({"registry": "ready", "url": url}), nl=True))
     run_guarded(body)
+
+
+@registry_group.group("token")
+def token_group() -> None:
+    """API bearer tokens (operator: may change things; viewer: may only read). Needs the registry's --db."""
+
+
+_db_option = click.option("--db", "db_url", default="sqlite:///registry.db", show_default=True,
+                          help="The registry's SQLAlchemy database URL (the same as `registry serve --db`).")
+
+
+@token_group.command("create")
+@_db_option
+@click.option("--role", type=click.Choice(["operator", "viewer"]), default="operator", show_default=True)
+@click.option("--name", default="cli", show_default=True, help="Who or what holds the token (shown by `token ls`).")
+@json_option
+def token_create(db_url: str, role: str, name: str, as_json: bool) -> None:
+    """Create a token and print it once (only its hash is stored).
+
+    \b
+    Examples:
+      export EDGEKIT_REGISTRY_TOKEN=$(edgekit registry token create --db sqlite:///registry.db --role operator)
+      edgekit registry token create --db postgresql+psycopg://edgekit@db/edgekit --role viewer --name grafana --json
+    """
+    def body():
+        from edgekit.registry import db, tokens
+
+        out = tokens.create(db.open_db(db_url), role, name)
+        emit_json(out) if as_json else click.echo(out["token"])
+    run_guarded(body, as_json)
+
+
+@token_group.command("ls")
+@_db_option
+@json_option
+def token_ls(db_url: str, as_json: bool) -> None:
+    """List tokens (never their secrets).
+
+    \b
+    Example:
+      edgekit registry token ls --db sqlite:///registry.db
+    """
+    def body():
+        import time
+
+        from edgekit.registry import db, tokens
+
+        rows = tokens.list_tokens(db.open_db(db_url))
+        if as_json:
+            return emit_json({"tokens": rows})
+        fmt = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "-"  # noqa: E731
+        click.echo(table([{**r, "created": fmt(r["created"]), "last_used": fmt(r["last_used"]),
+                           "revoked": fmt(r["revoked"])} for r in rows],
+                         ["id", "name", "role", "created", "last_used", "revoked"]))
+    run_guarded(body, as_json)
+
+
+@token_group.command("revoke")
+@_db_option
+@click.argument("token_id")
+@json_option
+def token_revoke(db_url: str, token_id: str, as_json: bool) -> None:
+    """Revoke token TOKEN_ID (the 8 hex after `ekt_`); the registry refuses it from the next request on.
+
+    \b
+    Example:
+      edgekit registry token revoke --db sqlite:///registry.db 3f9a0c1e
+    """
+    def body():
+        from edgekit.registry import db, tokens
+
+        out = tokens.revoke(db.open_db(db_url), token_id)
+        emit_json(out) if as_json else click.echo(f"revoked token {out['id']} ({out['name']}, {out['role']})")
+    run_guarded(body, as_json)
 
 
 def register(cli: click.Group) -> None:

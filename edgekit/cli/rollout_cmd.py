@@ -149,7 +149,9 @@ _action("pause", "Stop sending notices (answers of devices already notified are 
 _action("resume", "Continue a paused rollout.\n\nExample: edgekit rollout resume 3f2a9c01de")
 _action("cancel", "End a rollout: no more notices; devices already updated keep the new version.\n\n"
                   "Example: edgekit rollout cancel 3f2a9c01de")
-_action("rollback", "Send the previous release back to every device this rollout updated.\n\n"
+_action("rollback", "Order every device this rollout updated to switch back to its previous verified slot "
+                    "(a signed cmd/rollback: health-checked on the device, no download; the device's "
+                    "anti-rollback floor stays at the release it rolled back from).\n\n"
                     "Example: edgekit rollout rollback 3f2a9c01de")
 
 

@@ -33,9 +33,14 @@ Tree::
     ├── InstallError                  exit 7   install / health check / switch failed (rolled back)
     │   └── HealthTimeoutError                 the health check's inference hung past its deadline
     ├── StorageError                  exit 8   disk full, unwritable data dir
-    └── MessageError                  exit 9   a malformed MQTT message / notice
-        └── NoticeError                        a deployment notice refused: unsigned/bad signature,
-                                               expired, replayed, or for another device
+    ├── MessageError                  exit 9   a malformed MQTT message / notice
+    │   └── NoticeError                        a deployment notice refused: unsigned/bad signature,
+    │                                          expired, replayed, or for another device
+    └── AuthError                     exit 10  the registry API refused the credential (HTTP 401)
+        └── ForbiddenError                     the token's role may not do this (HTTP 403)
+
+(``InstallError`` also has ``RollbackUnavailableError``: a signed rollback command the device
+cannot honour — no previous verified slot, or it holds another model/version.)
 """
 
 from __future__ import annotations
@@ -237,3 +242,28 @@ def error_from_dict(d: dict[str, Any]) -> EdgekitError:
     err = cls(d.get("message", code), hint=d.get("hint"), **(d.get("details") or {}))
     err.code = code
     return err
+
+
+# -- registry API authentication and device rollback commands (issues 6+7 follow-up) ---------------
+class AuthError(EdgekitError):
+    """The registry API needs a valid bearer token for this request (HTTP 401)."""
+
+    code = "unauthorized"
+    exit_code = 10
+    default_hint = ("Create a token with `edgekit registry token create --db URL --role operator` and export it "
+                    "as EDGEKIT_REGISTRY_TOKEN for the CLI.")
+
+
+class ForbiddenError(AuthError):
+    """The token is valid but its role may not do this (HTTP 403)."""
+
+    code = "forbidden"
+    default_hint = "Use an operator token for writes (`edgekit registry token create --role operator`)."
+
+
+class RollbackUnavailableError(InstallError):
+    """A signed rollback command the device cannot honour; it keeps serving what it has."""
+
+    code = "rollback_unavailable"
+    default_hint = ("A device can only roll back to the slot it already verified: deploy the wanted release "
+                    "again with `edgekit deploy` instead.")

@@ -30,6 +30,7 @@ SENSOR = "edgekit.sensor/1"          # streaming mode: a sample for the device t
 PREDICTION = "edgekit.prediction/1"  # streaming mode: the device's answer to one SENSOR message
 CHUNK_REQUEST = "edgekit.chunk.request/1"  # MQTT transfer: bytes [offset, offset+length) of a bundle
 TRANSPORTS = ("http", "mqtt")
+ROLLBACK = "edgekit.rollback/1"      # cmd/rollback: switch back to the previous verified slot (signed)
 
 SCHEMAS: dict[str, dict] = {
     STATUS: {
@@ -63,6 +64,13 @@ SCHEMAS: dict[str, dict] = {
         # how the device fetches the bundle: "http" (bundle_url, default) or "mqtt" (chunks by sha256
         # from the registry over the broker, edgekit.core.chunks); signed like every other field
         "transport": (str, False, one_of(TRANSPORTS)),
+    },
+    ROLLBACK: {  # signed like a NOTICE (edgekit.core.notices); the schema id is part of the signed bytes
+        "schema": (str, True, None), "deployment_id": (str, True, None), "model": (str, True, None),
+        "version": (str, True, None), "issued_at": ((int, float), True, positive),
+        "expires_at": ((int, float), False, positive), "from_version": (str, False, None),
+        "device": (str, False, None), "fleet": (str, False, None), "nonce": (str, False, None),
+        "signatures": (list, False, None), "roots": (list, False, None),
     },
     INFER_REQUEST: {
         "schema": (str, True, None), "id": (str, True, None), "inputs": (dict, True, None),

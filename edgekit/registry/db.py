@@ -88,7 +88,7 @@ def open_db(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
-    from . import catalog, inventory, rollout_store  # noqa: F401  (their tables join Base.metadata)
+    from . import catalog, inventory, rollout_store, tokens  # noqa: F401  (their tables join Base.metadata)
 
     Base.metadata.create_all(engine)
     return engine

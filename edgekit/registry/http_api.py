@@ -12,6 +12,12 @@ Routes::
 
 plus the model registry, inventory and rollout routes of :mod:`.api_routes`. An uploaded
 bundle registers its model version and per-profile artifact in the model registry.
+
+Authentication (ADR 0009, :mod:`.tokens`): every write (POST/PUT/DELETE: uploads, stages, tags,
+groups, rollouts and their actions) needs an ``operator`` bearer token — 401 without a valid
+one, 403 for a ``viewer``. Reads of the inventory need a ``viewer`` token when the server runs
+with ``private_reads``. Health, the OpenAPI document and artifact downloads stay open: devices
+fetch bundles without an API credential (bundles are signed, and encrypted when confidential).
 """
 
 from __future__ import annotations
@@ -26,20 +32,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from . import api_routes, catalog, db
+from edgekit.core.errors import AuthError, ForbiddenError
+
+from . import api_routes, catalog, db, tokens
 from .openapi import OPENAPI
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _ART = re.compile(r"^/artifacts/([0-9a-f]{64})\.bundle$")
+OPEN_READS = ("/api/v1/health", "/api/v1/openapi.json")  # plus /artifacts/*: never need a token
 MAX_UPLOAD = 2 << 30
 
 
 class RegistryHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, addr, engine, store: Path, ingest=None) -> None:
+    def __init__(self, addr, engine, store: Path, ingest=None, *, private_reads: bool = False) -> None:
         super().__init__(addr, Handler)
         self.engine, self.store, self.ingest = engine, Path(store), ingest
+        self.private_reads = private_reads  # inventory/rollout reads need a viewer token too
         self.wake_rollouts = lambda: None  # the service points this at its rollout engine
         self.store.mkdir(parents=True, exist_ok=True)
 
@@ -69,8 +79,31 @@ class Handler(BaseHTTPRequestHandler):
         self._json({"error": {"code": HTTPStatus(status).phrase.lower().replace(" ", "_"), "message": message}},
                    status)
 
+    def _authorize(self, role: str, what: str) -> bool:
+        """True if the request's bearer token has ``role``; otherwise answer 401/403 and return False."""
+        try:
+            tokens.require(tokens.authenticate(self.server.engine, self.headers.get("Authorization")), role, what)
+            return True
+        except AuthError as exc:
+            self._drain()
+            status = 403 if isinstance(exc, ForbiddenError) else 401
+            self._json({"error": exc.to_dict()}, status)
+            return False
+
+    def _drain(self) -> None:
+        """Read a small refused body so keep-alive stays in sync; close the connection for big ones."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if 0 < length <= 16 << 20:
+            while length > 0 and (chunk := self.rfile.read(min(1 << 20, length))):
+                length -= len(chunk)
+        elif length:
+            self.close_connection = True
+
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
         url = urlparse(self.path)
+        if (self.server.private_reads and url.path not in OPEN_READS and not _ART.match(url.path)
+                and not self._authorize("viewer", f"GET {url.path}")):
+            return
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         eng = self.server.engine
         if url.path == "/api/v1/health":
@@ -133,6 +166,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         url = urlparse(self.path)
+        if not self._authorize("operator", f"POST {url.path}"):
+            return
         if url.path != "/api/v1/artifacts":
             return self._post_json(url)
         length = int(self.headers.get("Content-Length") or -1)
@@ -175,3 +210,11 @@ class Handler(BaseHTTPRequestHandler):
         if (res := api_routes.dispatch(self.server, "POST", url.path, q, body)) is not None:
             return self._json(res[1], res[0])
         self._error(404, f"no route {url.path}")
+
+    def _no_method(self) -> None:  # PUT/DELETE: writes, so authenticated first; no such routes today
+        url = urlparse(self.path)
+        if self._authorize("operator", f"{self.command} {url.path}"):
+            self._drain()
+            self._error(405, f"{self.command} is not supported on {url.path}")
+
+    do_PUT = do_DELETE = do_PATCH = _no_method

@@ -63,3 +63,13 @@ OPENAPI["paths"].update({
     "/api/v1/rollouts/{id}": {"get": _op("One rollout with its targets", ("id",))},
     "/api/v1/rollouts/{id}/{action}": {"post": _op("pause | resume | cancel | rollback", ("id", "action"))},
 })
+
+# ADR 0009: writes need an operator bearer token; reads a viewer token with --private-reads
+OPENAPI["components"] = {**OPENAPI.get("components", {}), "securitySchemes": {
+    "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "ekt_<id>_<secret> (edgekit registry token create)"}}}
+for _path, _ops in OPENAPI["paths"].items():
+    for _method, _op in _ops.items():
+        if _method != "get":
+            _op.setdefault("security", [{"bearer": []}])
+            _op.setdefault("responses", {}).update({"401": {"description": "no or unknown/revoked token"},
+                                                    "403": {"description": "the token's role is viewer"}})

@@ -7,6 +7,10 @@ wave within the rate limit, and move to the next wave once every device of this 
 finished. A target row is marked ``sent`` (with its deployment id) *before* its notice is
 published, so a restart never sends a second notice for one target; a notice lost in that gap
 times out and counts as failed. Notices come from :func:`edgekit.deploy.make_notice`.
+
+Rollback sends each updated device a signed ``cmd/rollback`` (:func:`edgekit.deploy.make_rollback`):
+the device switches back to the previous slot it already verified (a deploy notice for the older
+release would be refused by its anti-rollback counter) and answers ``rolled_back`` (ok).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from edgekit.core import messages, topics
-from edgekit.deploy import TERMINAL_FAIL, TERMINAL_OK, make_notice
+from edgekit.deploy import TERMINAL_FAIL, TERMINAL_OK, make_notice, make_rollback
 
 from . import catalog, rules
 from .db import Device, EventRow
@@ -74,7 +78,8 @@ class RolloutEngine:
 
     # -- one rollout -----------------------------------------------------------------------
     def _step(self, rid: str, now: float) -> None:
-        to_send: list[tuple[Target, str]] = []
+        to_send: list[tuple[Target, bytes]] = []
+        command = "deploy"
         sendable = self.can_send()
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
             r = s.get(Rollout, rid)
@@ -87,9 +92,9 @@ class RolloutEngine:
                     return
                 to_send = self._next_wave_notices(s, r, now) if sendable else []
             elif r.state == "rolling_back" and sendable:
-                to_send = self._rollback_notices(s, r, now)
+                to_send, command = self._rollback_notices(s, r, now), "rollback"
         for t, payload in to_send:  # after the commit: the target is recorded as sent first
-            self.publish(topics.command(t.fleet, t.device, "deploy"), payload)
+            self.publish(topics.command(t.fleet, t.device, command), payload)
             self.notices_sent += 1
 
     def _collect(self, s: Session, r: Rollout, now: float) -> None:
@@ -108,8 +113,11 @@ class RolloutEngine:
                 if not ok:
                     err = (ev.payload or {}).get("error") or {}
                     t.error_code, t.error = ev.error_code or ev.state, str(err.get("message", ev.state))[:500]
-            elif (t := by_rb.pop(ev.deployment_id, None)) is not None:
-                t.rollback_state = "done" if ev.state in TERMINAL_OK else "failed"
+            elif (t := by_rb.pop(ev.deployment_id, None)) is not None:  # answer to a cmd/rollback
+                done = ev.state in TERMINAL_OK or (ev.state == "rolled_back" and ev.ok)
+                t.rollback_state = "done" if done else "failed"
+                if not done:
+                    t.error = str(((ev.payload or {}).get("error") or {}).get("message", ev.state))[:500]
         for t in by_dep.values():
             if now - t.sent_at > r.timeout_s:
                 t.state, t.finished_at, t.error_code = "timed_out", now, "timeout"
@@ -198,12 +206,13 @@ class RolloutEngine:
             if t.state != "succeeded":
                 t.rollback_state = "skipped"  # never updated: nothing to undo (the agent rolled back itself)
                 continue
-            notice = self._notice(t, t.prev_model, t.prev_version) if t.prev_model else None
-            if notice is None:
-                t.rollback_state, t.error = "failed", f"no artifact of {t.prev_model}@{t.prev_version} for {t.profile}"
+            if not t.prev_model or not t.prev_version:
+                t.rollback_state, t.error = "failed", "the device had no model before this rollout: nothing to go back to"
                 continue
             if budget <= 0:
                 continue
+            notice = make_rollback(t.prev_model, t.prev_version, device=t.device, fleet=t.fleet,
+                                   signer=self.notice_signer, from_version=r.version)
             t.rollback_state, t.rollback_sent_at, t.rollback_deployment_id = "sent", now, notice["deployment_id"]
             out.append((t, messages.dumps(notice)))
             budget -= 1

@@ -23,11 +23,12 @@ class Registry:
     def __init__(self, db_url: str, store: Path, broker_host: str, broker_port: int,
                  http_host: str = "127.0.0.1", http_port: int = 0, *, tls=None, shared_group: str | None = None,
                  client_id: str = "edgekit-registry", rollouts: bool = True, tick_s: float = 0.2,
-                 notice_signer=None) -> None:
+                 notice_signer=None, private_reads: bool = False) -> None:
         self.engine = db.open_db(db_url)
         self.ingest = Ingest(self.engine, broker_host, broker_port, client_id=client_id, shared_group=shared_group,
                              tls=tls)
-        self.http = RegistryHTTPServer((http_host, http_port), self.engine, store, self.ingest)
+        self.http = RegistryHTTPServer((http_host, http_port), self.engine, store, self.ingest,
+                                       private_reads=private_reads)
         self.chunks = ChunkServer(self.ingest.conn, store, shared_group=self.ingest.shared_group)  # MQTT transfer
         self.rollouts = RolloutEngine(self.engine, self._publish, lambda: self.http.base_url, tick_s,
                                       can_send=lambda: self.ingest.conn.connected,
@@ -39,6 +40,12 @@ class Registry:
         if not self.ingest.conn.connected:
             raise TransportError("registry is not connected to the broker; notice not sent")
         self.ingest.conn.publish(topic, payload, qos=1, wait=False)
+
+    def create_token(self, role: str = "operator", name: str = "local") -> str:
+        """A new API bearer token (see :mod:`.tokens`); the secret is only returned here."""
+        from . import tokens
+
+        return tokens.create(self.engine, role, name)["token"]
 
     @property
     def url(self) -> str:
