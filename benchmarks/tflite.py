@@ -5,7 +5,8 @@ What is measured, per model (digits sample, nudenet 320n = YOLOv8n, PP-OCRv4 det
 
 * each precision goes through the product pipeline ``converters.tflite_pipeline.convert_tflite``
   (the same parity gate and report as ``edgekit convert``): fp32 / fp16 / int8-static for the
-  ``pixel-8`` profile, int8-dynamic (weight-only int8) too, int8-full (int8 I/O) for ``coral-dev-board``;
+  ``pixel-8`` profile, int8-dynamic (weight-only int8), int16x8 and int8-mixed (float stem + int8) too,
+  int8-full (int8 I/O) for ``coral-dev-board``; each model with its declared task (``TASKS``);
 * conversion time (the writer, incl. calibration for int8), artifact size, latency (median of 50
   single-sample runs, ai-edge-litert with XNNPACK, 1 thread) vs fp32 TFLite and vs onnxruntime
   fp32 (1 thread), both measured in the same process; parity vs onnxruntime on the validation
@@ -13,7 +14,8 @@ What is measured, per model (digits sample, nudenet 320n = YOLOv8n, PP-OCRv4 det
 * mediapipe 0.10.21: how many bundled .tflite files ``edgekit inspect`` reads, and how many run in
   the agent's ``TfliteRunner`` (random input of the declared shape/dtype, finite outputs).
 
-Inputs are synthetic (``edgekit.samples.synthetic``): blobs for nudenet, text-like stroke rows for
+Inputs are synthetic: drawn-face scenes for nudenet (``converters.synthetic.people_scene``, as the
+ONNX real-model tests use), text-like stroke rows for
 PP-OCR; the digits sample ships its own data.
 
 Reproduce::
@@ -47,11 +49,12 @@ from converters.data import Dataset, load_dataset  # noqa: E402
 from converters.tflite_pipeline import convert_tflite  # noqa: E402
 from edgekit.core.errors import ModelError, ParityError  # noqa: E402
 from edgekit.core.profiles import load_profile  # noqa: E402
-from edgekit.samples.synthetic import blobs, text_lines  # noqa: E402
+from converters.synthetic import people_scene  # noqa: E402
+from edgekit.samples.synthetic import text_lines  # noqa: E402
 
 WHEELS = Path(os.environ.get("EDGEKIT_WHEEL_CACHE", ROOT / ".cache" / "wheels"))
 RUNS = [("pixel-8", "fp32"), ("pixel-8", "fp16"), ("pixel-8", "int8-dynamic"), ("pixel-8", "int8-static"),
-        ("coral-dev-board", "int8-full"), ("pixel-8", "int16x8")]
+        ("coral-dev-board", "int8-full"), ("pixel-8", "int16x8"), ("pixel-8", "int8-mixed")]
 
 
 def _from_wheel(wheel: str, member: str, dest: Path) -> Path:
@@ -61,6 +64,17 @@ def _from_wheel(wheel: str, member: str, dest: Path) -> Path:
     return path
 
 
+# The task each model is declared with, as a user would run `edgekit convert --task ...` (ADR 0007).
+TASKS = {"digits": "classification", "nudenet-320n": "detection-yolo", "ppocrv4-det": "text-mask",
+         "ppocr-cls": "classification"}
+
+
+def faces(n: int, seed: int) -> np.ndarray:
+    """Drawn-face scenes nudenet detects (FACE_*, scores 0.4-0.7), as [n, 3, 320, 320] in [0, 1]:
+    the detection-yolo metric needs images where fp32 finds a box (blobs give weak, flaky ones)."""
+    return np.stack([people_scene(seed + i).transpose(2, 0, 1) for i in range(n)]).astype(np.float32) / 255.0
+
+
 def models(work: Path) -> dict[str, tuple[Path, Dataset, Dataset]]:
     digits = ROOT / "edgekit" / "samples" / "digits"
     ocr = "rapidocr_onnxruntime-1.4.4-py3-none-any.whl"
@@ -68,7 +82,7 @@ def models(work: Path) -> dict[str, tuple[Path, Dataset, Dataset]]:
         "digits": (digits / "digits_cnn.onnx", load_dataset(digits / "calibration.npz", ["input"]),
                    load_dataset(digits / "validation.npz", ["input"])),
         "nudenet-320n": (_from_wheel("nudenet-3.4.2-py3-none-any.whl", "nudenet/320n.onnx", work),
-                         Dataset({"images": blobs(16, 0)}), Dataset({"images": blobs(8, 1)})),
+                         Dataset({"images": faces(16, 100)}), Dataset({"images": faces(24, 0)})),
         "ppocrv4-det": (_from_wheel(ocr, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", work),
                         Dataset({"x": text_lines(16, 320, 320, 1, True)}),
                         Dataset({"x": text_lines(8, 320, 320, 2, True)})),
@@ -90,16 +104,28 @@ def _summary(entry: dict) -> dict:
         "min_cosine": min(m["cosine"] for m in outs.values()),
         "top1_agreement": next((m["top1_agreement"] for m in outs.values() if m["top1_agreement"] is not None), None),
         **({"accuracy_drop": entry["accuracy_drop"]} if "accuracy_drop" in entry else {}),
+        "task": entry.get("task"), "criteria": entry.get("criteria"),
+        **({"mixed": entry["mixed"]} if "mixed" in entry else {}),
     }
 
 
+def _deciders(row: dict) -> str:
+    """Which criterion decided, per output, with the task score where the task metric decided."""
+    parts = []
+    for out, c in (row.get("criteria") or {}).items():
+        score = f" {c['task']}" if c.get("decided_by") == "task metric" and c.get("task") else ""
+        parts.append(f"{out}:{c['decided_by']}{score}")
+    return "; ".join(parts) or "-"
+
+
 def bench_model(name: str, src: Path, cal: Dataset, val: Dataset, work: Path) -> dict:
-    result = {"model": name, "source_bytes": src.stat().st_size, "precisions": []}
+    result = {"model": name, "task": TASKS[name], "source_bytes": src.stat().st_size, "precisions": []}
     for profile_id, precision in RUNS:
         profile = load_profile(profile_id)
         t0 = time.perf_counter()
         try:
-            report = convert_tflite(src, profile, work / name, precision=precision, calibration=cal, validation=val)
+            report = convert_tflite(src, profile, work / name, precision=precision, calibration=cal, validation=val,
+                                    task=TASKS[name])
             entry = report["candidates"][-1]
         except ParityError as exc:       # the gate refused it: still record what was measured
             entry = exc.details["report"][-1]
@@ -110,7 +136,8 @@ def bench_model(name: str, src: Path, cal: Dataset, val: Dataset, work: Path) ->
         result["precisions"].append(row)
         print(f"{name:14s} {precision:12s} pass={row['passed']!s:5s} convert={row['convert_s']:.2f}s "
               f"size={row['bytes']:>9d} lat={row['latency_ms']:.3f}ms (fp32 tflite {row['tflite_fp32_latency_ms']:.3f}, "
-              f"ort {row['ort_fp32_latency_ms']:.3f}) rel={row['max_rel_diff']:.2e} cos={row['min_cosine']:.5f}",
+              f"ort {row['ort_fp32_latency_ms']:.3f}) rel={row['max_rel_diff']:.2e} cos={row['min_cosine']:.5f} "
+              f"decided={_deciders(row)}",
               flush=True)
     return result
 

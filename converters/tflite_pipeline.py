@@ -17,7 +17,10 @@ Precisions (profile names -> converter recipe):
   vectors then hold int8 inputs/outputs; the parity gate compares dequantized outputs;
 * ``int16x8``: int16 activations, int8 weights, float I/O (TFLite's 16x8 scheme), for models whose
   activations per-tensor int8 cannot represent. XNNPACK has no 16x8 kernels: it runs on the
-  builtin integer kernels, slower than fp32 with XNNPACK on a CPU, so ``auto`` never picks it.
+  builtin integer kernels, slower than fp32 with XNNPACK on a CPU, so ``auto`` never picks it;
+* ``int8-mixed``: int8-static with a float prefix (the first blocks stay float, chosen on the
+  calibration data by ``converters.tflite.mixed``), for models whose int8 loss sits in the stem
+  (PP-OCRv4 det). Explicit only; the report's ``mixed`` shows the cut and the scores tried.
 
 I/O layout: profiles declaring ``layout = "NHWC"`` get NHWC 4-D inputs/outputs (no transposes at
 the model edges); the report's ``inputs``/``outputs`` and the golden vectors use the artifact's
@@ -50,9 +53,11 @@ TFLITE_ENGINES = ("tflite", "tflite-micro")
 # profile precision -> (converter precision, int8 inputs/outputs)
 RECIPES = {"fp32": ("fp32", False), "fp16": ("fp16", False), "int8-dynamic": ("int8-weights", False),
            "int8-static": ("int8-full", False), "int8-full": ("int8-full", True),
-           "int16x8": ("int16x8", False)}
-CALIBRATED = ("int8-full", "int16x8", "int8-weights")   # int8-weights: data only for bias correction
-EXPLICIT_ONLY = ("int16x8",)   # never picked by auto: on CPUs it is slower than fp32 (no XNNPACK kernels)
+           "int16x8": ("int16x8", False), "int8-mixed": ("int8-mixed", False)}
+CALIBRATED = ("int8-full", "int16x8", "int8-weights", "int8-mixed")   # int8-weights: data only for bias correction
+# never picked by auto: int16x8 is slower than fp32 on CPUs (no XNNPACK kernels); int8-mixed is a
+# fallback to ask for when int8-static is refused (its float prefix costs conversion time)
+EXPLICIT_ONLY = ("int16x8", "int8-mixed")
 FP32_MAX_REL_DIFF = 1e-4     # fp32 must match onnxruntime to 1e-4 x the output's scale
 
 
@@ -218,7 +223,7 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
             cand, conv, convert_s = build(prec)
             entry = evaluate(cand, reference, validation, profile, spec)
             entry.update(convert_s=round(convert_s, 3), ops=conv["ops"], coverage=conv["coverage"],
-                         batch=conv["batch"],
+                         batch=conv["batch"], **({"mixed": conv["mixed"]} if "mixed" in conv else {}),
                          tflite_fp32_latency_ms=round(baseline.latency_ms, 4),
                          speedup_vs_tflite_fp32=round(baseline.latency_ms / max(cand.latency_ms, 1e-9), 3))
             reasons = gate_reasons(entry, profile, allow_slower=True)

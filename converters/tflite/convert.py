@@ -2,10 +2,11 @@
 
 What it does: loads and folds the ONNX model, translates it to TFLite (NHWC inside), applies
 the precision (``fp32``; ``fp16`` weights behind DEQUANTIZE; ``int8-weights`` likewise with
-per-channel int8 weights; ``int8-full`` calibrated on the
-float TFLite model), serializes the flatbuffer, checks that ai-edge-litert loads it, writes it
-atomically and returns a report (ops with versions, tensor count, size, precision, I/O layout and
-signature, per-op coverage, timings).
+per-channel int8 weights; ``int8-full`` calibrated on the float TFLite model; ``int16x8``;
+``int8-mixed`` = int8-full with float I/O and a float prefix chosen by :mod:`.mixed`),
+serializes the flatbuffer, checks that ai-edge-litert loads it, writes it atomically and returns
+a report (ops with versions, tensor count, size, precision, I/O layout and signature, per-op
+coverage, timings).
 
 What it does not do: judge accuracy (the parity gate compares against onnxruntime), choose a
 precision for a device profile, or bundle/sign the artifact.
@@ -24,10 +25,11 @@ from edgekit.core.errors import UsageError
 
 from . import onnx_import, onnx_prep, quantize
 from .batch import try_dynamic_batch
+from .mixed import float_prefix
 from .op_versions import op_version
 from .schema_writer import serialize
 
-PRECISIONS = ("fp32", "fp16", "int8-weights", "int8-full", "int16x8")
+PRECISIONS = ("fp32", "fp16", "int8-weights", "int8-full", "int16x8", "int8-mixed")
 IO_LAYOUTS = ("nchw", "nhwc")
 
 
@@ -51,7 +53,7 @@ def convert_onnx_to_tflite(onnx_path, out_path, *, precision: str = "fp32",
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if io_layout not in IO_LAYOUTS:
         raise UsageError(f"io_layout must be one of {', '.join(IO_LAYOUTS)}, not {io_layout!r}")
-    if precision in ("int8-full", "int16x8") and not calibration:
+    if precision in ("int8-full", "int16x8", "int8-mixed") and not calibration:
         raise UsageError(f"{precision} needs calibration data (a dict input name -> array [N, ...])")
     t0 = time.perf_counter()
     graph = onnx_prep.load(onnx_path, input_shapes)
@@ -67,14 +69,18 @@ def convert_onnx_to_tflite(onnx_path, out_path, *, precision: str = "fp32",
             n_samples = len(samples)
             quantize.calibrate(serialize(model), model, samples, means)
         model = quantize.to_int8_weights(model, means)
-    elif precision in ("int8-full", "int16x8"):
+    elif precision in ("int8-full", "int16x8", "int8-mixed"):
         t1 = time.perf_counter()
         samples = calibration_samples(calibration, graph, io_layout, max_calibration_samples)
         n_samples = len(samples)
         means: dict = {}
         ranges = quantize.calibrate(serialize(model), model, samples, means)
-        model = (quantize.to_int8(model, ranges, int8_io, means) if precision == "int8-full"
-                 else quantize.to_int16x8(model, ranges, means))
+        if precision == "int8-mixed":     # float prefix chosen on calibration data (.mixed)
+            keep, mixed = float_prefix(model, ranges, means, samples)
+            model = quantize.to_int8(model, ranges, means=means, keep_float=keep)
+        else:
+            model = (quantize.to_int8(model, ranges, int8_io, means) if precision == "int8-full"
+                     else quantize.to_int16x8(model, ranges, means))
         timings["calibrate_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     batch = {"dynamic": False}
@@ -87,7 +93,10 @@ def convert_onnx_to_tflite(onnx_path, out_path, *, precision: str = "fp32",
     _check_loads(data)
     atomic_write_bytes(out_path, data)
     timings["total_s"] = time.perf_counter() - t0
-    return {**_report(model, data, coverage, precision, io_layout, n_samples, out_path, timings), "batch": batch}
+    report = {**_report(model, data, coverage, precision, io_layout, n_samples, out_path, timings), "batch": batch}
+    if precision == "int8-mixed":
+        report["mixed"] = mixed
+    return report
 
 
 def calibration_samples(calibration: dict[str, np.ndarray], graph, io_layout: str, limit: int) -> list[dict]:

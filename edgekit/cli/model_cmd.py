@@ -19,7 +19,8 @@ accuracy drop with labels), budget verdicts (size, estimated peak memory, ops) a
 and peak memory of each step. An artifact that fails the profile's budgets is never written.
 Profiles whose engine is tflite / tflite-micro get a .tflite written without TensorFlow
 (fp32, fp16, int8-dynamic, int8-static = integer kernels with float I/O, int8-full = int8 I/O,
-int16x8 = int16 activations + int8 weights, only when asked for; --dynamic-batch for a resizable batch).
+int16x8 = int16 activations + int8 weights, int8-mixed = float stem + int8 rest, both only when asked
+for; --dynamic-batch for a resizable batch).
 
 \b
 Examples:
@@ -49,7 +50,8 @@ or labelled data (element-wise + top-1 checks), else raw (element-wise only).
 @click.option("--validation", type=click.Path(exists=True, path_type=Path), required=True,
               help="Validation data (same formats; an optional 'label' array enables the accuracy check).")
 @click.option("--precision", default="auto", show_default=True,
-              type=click.Choice(["auto", "fp32", "fp16", "int8-dynamic", "int8-static", "int8-full", "int16x8"]),
+              type=click.Choice(["auto", "fp32", "fp16", "int8-dynamic", "int8-static", "int8-full", "int16x8",
+                                 "int8-mixed"]),
               help="auto = the profile's preferred precision that passes the parity gate and is not slower than "
                    "fp32; a forced precision that fails exits non-zero with the numbers.")
 @click.option("--calibration-method", default="minmax", show_default=True,

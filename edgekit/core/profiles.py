@@ -23,7 +23,7 @@ from .schema import each_of, fraction, matches, non_negative, one_of, positive, 
 SCHEMA_ID = "edgekit.profile/1"
 ENGINES = ("onnxruntime", "tflite", "tflite-micro", "coreml")
 ENGINE_FORMATS = {"onnxruntime": "onnx", "tflite": "tflite", "tflite-micro": "tflite", "coreml": "mlpackage"}
-PRECISIONS = ("fp32", "fp16", "int8-static", "int8-dynamic", "int8-full", "int16x8")
+PRECISIONS = ("fp32", "fp16", "int8-static", "int8-dynamic", "int8-full", "int16x8", "int8-mixed")
 CLASSES = ("phone", "wearable", "sbc", "mcu", "gateway", "accelerator-board")
 ARCHES = ("aarch64", "armv7", "armv7e-m", "armv8-m", "x86_64", "xtensa", "riscv32", "riscv64")
 CPU_FEATURES = (
