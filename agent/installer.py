@@ -31,9 +31,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from edgekit.core import parity
 from edgekit.core.atomic import atomic_write_json, ensure_free_space, read_json, remove_tree
 from edgekit.core.errors import (BundleError, CompatibilityError, EdgekitError, HealthTimeoutError, InstallError,
                                  ParityError, RollbackError, RollbackUnavailableError, TransportError)
@@ -409,6 +406,10 @@ def health_check(runner: Runner, golden_path: Path, manifest: dict, runs: int, r
     Memory: RSS growth of this process from ``rss_before`` (taken before the model was loaded) to the
     highest sample after the load and after each golden run, against ``max_peak_memory_bytes``.
     """
+    import numpy as np
+
+    from edgekit.core import parity
+
     inputs, expected = parity.load_golden(golden_path)
     g = manifest["golden"]
     n = min(len(v) for v in inputs.values())

@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Protocol
 
 from edgekit.core.errors import ModelError
+
+if TYPE_CHECKING:  # numpy is imported where arrays are handled: an idle agent does not load it
+    import numpy as np
 
 
 class Runner(Protocol):
@@ -91,6 +92,8 @@ class TfliteRunner:
 
     def _check(self, d: dict, arr: np.ndarray) -> int:
         """Rows to run one at a time (a batch-1 static model serving a batch), or 0 to resize."""
+        import numpy as np
+
         fixed = [int(x) for x in d["shape"]]
         want = [int(x) for x in d.get("shape_signature", ())] or fixed
         if arr.dtype != d["dtype"]:
@@ -114,6 +117,8 @@ class TfliteRunner:
             n = max(rows)
             if any(len(a) != n for _, a in arrays):
                 raise ModelError(f"inputs have different batch sizes {sorted({len(a) for _, a in arrays})}")
+            import numpy as np
+
             parts = [self._invoke({d["name"]: a[i:i + 1] for d, a in arrays}) for i in range(n)]
             return {k: np.concatenate([p[k] for p in parts]) for k in self.output_names}
         return self._invoke(dict((d["name"], a) for d, a in arrays))

@@ -15,11 +15,9 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from edgekit.core import messages, tensors, topics
-from edgekit.core.drift import Sketch
+from edgekit.core import messages, topics
 from edgekit.core.atomic import atomic_write_json, read_json
 from edgekit.core.errors import BundleError, EdgekitError, ModelError, TransportError
 from edgekit.core.mqtt import MqttConnection, TlsFiles, Will, reply
@@ -31,6 +29,11 @@ from .installer import InstallRequest, Installer
 from .runtime import Runner, load_runner, serving_threads
 from .spool import Spool
 from .telemetry import InferenceStats, health
+
+if TYPE_CHECKING:  # numpy and the drift/tensor codecs load with the first model or request
+    import numpy as np
+
+    from edgekit.core.drift import Sketch
 
 
 class Agent:
@@ -196,6 +199,8 @@ class Agent:
                                chunk_bytes=self.cfg.mqtt_chunk_bytes)
 
     def _on_infer(self, payload: bytes, props) -> None:
+        from edgekit.core import tensors
+
         req_id = "?"
         try:
             req = messages.loads(payload, messages.INFER_REQUEST)
@@ -213,6 +218,8 @@ class Agent:
 
     def _on_sensor(self, stream: str, payload: bytes) -> None:
         """Streaming mode: infer on one sensor sample, publish the prediction (QoS 1, no wait)."""
+        from edgekit.core import tensors
+
         fields: dict = {}
         try:
             msg = messages.loads(payload, messages.SENSOR)
@@ -318,7 +325,7 @@ class Agent:
 
 def load_drift(slot_dir: Path) -> Sketch | None:
     """The drift sketch of a slot whose bundle shipped a (signed, verified) drift.json, else None."""
-    from edgekit.core.drift import MEMBER
+    from edgekit.core.drift import MEMBER, Sketch
 
     try:
         ref = read_json(slot_dir / MEMBER)

@@ -11,7 +11,6 @@ import threading
 import time
 from collections import deque
 
-import numpy as np
 import psutil
 
 
@@ -34,15 +33,15 @@ class InferenceStats:
 
     def snapshot(self, reset_window: bool = True) -> dict:
         with self._lock:
-            lat = np.fromiter(self._lat, dtype=np.float64)
+            lat = sorted(self._lat)
             now = time.monotonic()
             period = max(now - self._since, 1e-9)
             out = {"count": self.count, "errors": self.errors,
                    "throughput_per_s": round((self.count - self._count_at_report) / period, 3)}
-            if lat.size:
-                p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+            if lat:
+                p50, p95, p99 = (percentile(lat, q) for q in (50, 95, 99))
                 out.update(p50_ms=round(float(p50), 4), p95_ms=round(float(p95), 4), p99_ms=round(float(p99), 4),
-                           window=int(lat.size))
+                           window=len(lat))
             if reset_window:
                 self._lat.clear()
                 self._since, self._count_at_report = now, self.count
@@ -50,6 +49,15 @@ class InferenceStats:
 
 
 _proc = psutil.Process()
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """``q``-th percentile of an ascending list, linear interpolation (numpy's default method), so
+    telemetry needs no numpy: an idle agent stays without it."""
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def health(data_dir: str) -> dict:
