@@ -181,8 +181,11 @@ def registry_group() -> None:
 @identity_option
 @click.option("--keys", "keys_dir", envvar="EDGEKIT_KEYS", default=None, type=click.Path(file_okay=False),
               help="Key store whose online notices key signs rollout notices (agents refuse unsigned notices).")
+@click.option("--receiver", type=click.Choice(["process", "thread"]), default="process", show_default=True,
+              help="Where the MQTT session runs: a child process (receiving and storing use two cores) or a "
+                   "thread of this process.")
 def serve(db_url: str, store: Path, host: str, port: int, shared_group: str | None, client_id: str,
-          no_rollouts: bool, broker: str, identity: str | None, keys_dir: str | None) -> None:
+          no_rollouts: bool, broker: str, identity: str | None, keys_dir: str | None, receiver: str) -> None:
     """Ingest device reports from MQTT into the database, serve the HTTP API + bundles, drive rollouts.
 
     \b
@@ -209,7 +212,8 @@ def serve(db_url: str, store: Path, host: str, port: int, shared_group: str | No
             click.echo("warning: no --keys: rollout notices will be unsigned and agents will refuse them",
                        err=True)
         Registry(db_url, store, bhost, bport, host, port, tls=tls_files(identity), shared_group=shared_group,
-                 client_id=client_id, rollouts=not no_rollouts, notice_signer=signer).serve_forever(
+                 client_id=client_id, rollouts=not no_rollouts, notice_signer=signer,
+                 receiver=receiver).serve_forever(
             lambda url: click.echo(json.dumps({"registry": "ready", "url": url}), nl=True))
     run_guarded(body)
 
