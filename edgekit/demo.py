@@ -2,8 +2,9 @@
 
 Starts a managed mosquitto (loopback, free port), the registry and three agents (separate
 processes and data folders, different profiles), converts the sample model for each profile,
-signs and uploads the bundles, deploys them over MQTT, runs one inference per device through
-the agent and compares it with the fp32 reference. Returns the result rows; raises on any failure.
+signs and uploads the bundles, marks the version released and lets the registry roll it out
+(signed notices, waves with abort rules, the same path as ``edgekit deploy``), runs one inference
+per device through the agent and compares it with the fp32 reference. Returns the result rows; raises on any failure.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from .core.errors import EdgekitError, TransportError
 
 SAMPLES = Path(__file__).parent / "samples" / "digits"
 DEMO_DEVICES = (("pi4-kitchen", "raspberry-pi-4"), ("gateway-01", "x86-64-gateway"), ("jetson-lab", "jetson-orin-nano"))
+# the demo's rollout: one device first, then the rest; any failed install or parity failure aborts it
+DEMO_WAVES, DEMO_ABORT_IF = "34%,100%", ("failure_rate>0%", "parity_failures>0")
 
 
 class Proc:
@@ -105,12 +108,14 @@ def registry_token(db_url: str, name: str = "demo") -> str:
         engine.dispose()
 
 
-def start_registry(workdir: Path, broker: ManagedBroker) -> tuple[Proc, str]:
+def start_registry(workdir: Path, broker: ManagedBroker, keys: Path | None = None) -> tuple[Proc, str]:
+    """The registry as a child process; ``keys``: key store whose notices key signs rollout notices."""
     port = free_port()
     tls = ["--identity", str(broker.pki.directory / "services" / "edgekit-registry")] if broker.tls else []
     proc = Proc("registry", [sys.executable, "-m", "edgekit.cli.main", "registry", "serve",
                              "--db", f"sqlite:///{workdir}/registry.db", "--store", str(workdir / "artifacts"),
-                             "--port", str(port), "--broker", f"127.0.0.1:{broker.port}", *tls],
+                             "--port", str(port), "--broker", f"127.0.0.1:{broker.port}", *tls,
+                             *(["--keys", str(keys)] if keys else [])],
                 workdir / "registry.log")
     return proc, proc.ready()["url"]
 
@@ -120,7 +125,7 @@ def run_demo(workdir: Path | None = None, log: Callable[[str], None] = print, *,
     from converters.onnx_pipeline import convert_onnx
     from edgekit.core.mqtt import MqttConnection
     from edgekit.core.profiles import load_profile
-    from edgekit.deploy import DeviceWatcher, check_outcome, infer_remote, make_notice, push, read_manifest, upload
+    from edgekit.deploy import infer_remote, upload
     from edgekit.keys import init_keystore
     from edgekit.pki import HOST, init_pki
     from edgekit.release import release_artifact
@@ -133,11 +138,11 @@ def run_demo(workdir: Path | None = None, log: Callable[[str], None] = print, *,
         pki = init_pki(workdir / "pki", fleet="demo") if secure else None
         log(f"[1/7] starting mosquitto (loopback, {'mTLS + per-device ACL' if secure else 'PLAIN, no auth'}) in {workdir}")
         broker = stack.enter_context(ManagedBroker(workdir / "broker", pki=pki))
-        log(f"[2/7] starting the registry; broker on 127.0.0.1:{broker.port}")
-        token = registry_token(f"sqlite:///{workdir}/registry.db")  # uploads need an operator token
-        registry, url = start_registry(workdir, broker)
-        stack.callback(registry.stop)
         store = init_keystore(workdir / "keys")
+        log(f"[2/7] starting the registry (it signs rollout notices); broker on 127.0.0.1:{broker.port}")
+        token = registry_token(f"sqlite:///{workdir}/registry.db")  # writes to the registry API need a token
+        registry, url = start_registry(workdir, broker, keys=store.directory)
+        stack.callback(registry.stop)
         log(f"[3/7] starting {len(DEMO_DEVICES)} agents: " + ", ".join(f"{d} ({p})" for d, p in DEMO_DEVICES))
         agents = [start_agent(workdir, d, p, broker, store.root_path) for d, p in DEMO_DEVICES]
         for a in agents:
@@ -155,22 +160,17 @@ def run_demo(workdir: Path | None = None, log: Callable[[str], None] = print, *,
         log("[5/7] signing bundles and uploading them to the registry")
         bundles = {p: release_artifact(workdir / "out" / p, store, workdir / "bundles", name="digits-cnn",
                                        version="1.0.0") for p in reports}
-        stored = {p: upload(b, url, token) for p, b in bundles.items()}
+        for b in bundles.values():
+            upload(b, url, token)  # registers digits-cnn@1.0.0 (draft) and its per-profile artifacts
 
-        log("[6/7] deploying over MQTT and waiting for each device to commit")
+        log(f"[6/7] releasing digits-cnn@1.0.0 and rolling it out from the registry: waves {DEMO_WAVES}, "
+            f"abort if {' or '.join(DEMO_ABORT_IF)}")
+        _wait_registry(url, {d for d, _ in DEMO_DEVICES}, with_model=False)
+        rollout = _rollout(url, "digits-cnn", "1.0.0", log, token)
         conn = MqttConnection(f"edgekit-demo-{uuid.uuid4().hex[:6]}", "127.0.0.1", broker.port,
                               tls=pki.service(HOST) if pki else None)
         conn.connect()
         stack.callback(conn.close)
-        watcher = DeviceWatcher(conn, "demo", [d for d, _ in DEMO_DEVICES])
-        pending = {}
-        for device, profile in DEMO_DEVICES:
-            notice = make_notice(read_manifest(bundles[profile]), stored[profile], device=device, fleet="demo",
-                                 signer=store.notice_signer())
-            push(conn, "demo", device, notice)
-            pending[device] = notice["deployment_id"]
-        for device, ev in watcher.wait_terminal(pending, timeout=60).items():
-            check_outcome(device, ev)
 
         log("[7/7] one inference per device through the agent, compared with the fp32 reference")
         import onnxruntime as ort
@@ -195,6 +195,7 @@ def run_demo(workdir: Path | None = None, log: Callable[[str], None] = print, *,
         for r in rows:
             d = fleet.get(r["device"], {})
             r["registry"] = f"{'online' if d.get('online') else 'offline'} {d.get('version') or '-'}"
+            r["rollout"] = rollout
         bad = [r["device"] for r in rows if not r["ok"]]
         if bad:
             raise EdgekitError(f"parity check failed on {', '.join(bad)}")
@@ -202,15 +203,43 @@ def run_demo(workdir: Path | None = None, log: Callable[[str], None] = print, *,
         return rows
 
 
-def _wait_registry(url: str, devices: set[str], timeout: float = 15.0) -> dict[str, dict]:
-    """Wait until the registry has seen every device online with a model (via MQTT ingest)."""
+def _rollout(url: str, model: str, version: str, log: Callable[[str], None], token: str,
+             timeout: float = 60.0) -> str:
+    """Release ``model@version`` and roll it out to every device through the registry's engine
+    (as ``edgekit models stage`` + ``edgekit deploy --wait`` do); return the rollout id once it succeeded."""
+    from edgekit.cli.registry_client import api
+
+    api(url, "POST", f"/api/v1/models/{model}/versions/{version}", body={"stage": "released"}, token=token)
+    out = api(url, "POST", "/api/v1/rollouts",
+              body={"model": model, "version": version, "selector": "all", "waves": DEMO_WAVES,
+                    "abort_if": list(DEMO_ABORT_IF), "timeout_s": 60}, token=token)
+    deadline, wave = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        r = api(url, "GET", f"/api/v1/rollouts/{out['id']}", token=token)
+        if r["wave"] != wave and r["state"] == "running":
+            wave = r["wave"]
+            log(f"      rollout {r['id']}: wave {wave}/{len(r['waves'])} ({r['waves'][wave - 1]:g}%)"
+                if 0 < wave <= len(r["waves"]) else f"      rollout {r['id']}: {r['state']}")
+        if r["state"] == "succeeded":
+            log(f"      rollout {r['id']} succeeded: {r['counts'].get('succeeded', 0)} device(s) committed")
+            return r["id"]
+        if r["state"] not in ("running", "paused"):
+            raise EdgekitError(f"demo rollout {r['id']} ended {r['state']}: {r.get('reason') or ''}",
+                               hint=f"See the agent logs and `edgekit rollout status {r['id']} --registry {url}`.")
+        time.sleep(0.2)
+    raise TransportError(f"demo rollout {out['id']} did not finish within {timeout:.0f}s",
+                         hint="See the agent and registry logs in the demo's work folder (--workdir).")
+
+
+def _wait_registry(url: str, devices: set[str], timeout: float = 15.0, *, with_model: bool = True) -> dict[str, dict]:
+    """Wait until the registry has seen every device online (with a model) via MQTT ingest."""
     import requests
 
     deadline = time.monotonic() + timeout
     seen: dict[str, dict] = {}
     while time.monotonic() < deadline:
         seen = {d["id"]: d for d in requests.get(f"{url}/api/v1/devices", timeout=5).json()["devices"]}
-        if all(seen.get(d, {}).get("online") and seen[d].get("version") for d in devices):
+        if all(seen.get(d, {}).get("online") and (seen[d].get("version") or not with_model) for d in devices):
             return seen
         time.sleep(0.2)
     raise TransportError(f"registry did not report all devices online with a model: {sorted(devices - set(seen))}")

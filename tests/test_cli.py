@@ -125,6 +125,7 @@ def test_demo_runs_end_to_end_and_exits_zero():
     rows = json.loads(res.stdout)
     assert len(rows) == 3 and len({r["profile"] for r in rows}) == 3
     assert all(r["ok"] and r["model"] == "digits-cnn@1.0.0" and r["registry"].startswith("online") for r in rows)
+    assert len({r["rollout"] for r in rows}) == 1  # one registry-driven rollout reached all three devices
 
 
 def test_push_with_broker_down_after_upload_exits_transport_error(make_bundle, registry, keystore):

@@ -18,8 +18,9 @@ from .common import emit_json, json_option, run_guarded, table
 def demo(workdir: Path | None, plain: bool, as_json: bool) -> None:
     """Run the whole flow on this machine with real parts: mosquitto, registry, three agents.
 
-    Converts the bundled sample model for three profiles, signs, deploys over MQTT, runs one
-    inference per device and prints a table. Stops everything it started. Exit 0 only if every
+    Converts the bundled sample model for three profiles, signs and uploads the bundles, releases
+    the version and lets the registry roll it out in waves (34%,100%; aborts on a failed install
+    or a parity failure), runs one inference per device and prints a table. Stops everything it started. Exit 0 only if every
     step succeeded.
 
     Secure by default: a fleet CA, one enrolled certificate per device, mosquitto with an mTLS

@@ -189,8 +189,12 @@ def registry_group() -> None:
               help="Key store whose online notices key signs rollout notices (agents refuse unsigned notices).")
 @click.option("--private-reads", is_flag=True, help="Inventory, model and rollout reads need a viewer token too "
               "(writes always need an operator token; health, OpenAPI and bundle downloads stay open).")
+@click.option("--receiver", type=click.Choice(["process", "thread"]), default="process", show_default=True,
+              help="Where the MQTT session runs: a child process (receiving and storing use two cores) or a "
+                   "thread of this process.")
 def serve(db_url: str, store: Path, host: str, port: int, shared_group: str | None, client_id: str,
-          no_rollouts: bool, broker: str, identity: str | None, keys_dir: str | None, private_reads: bool) -> None:
+          no_rollouts: bool, broker: str, identity: str | None, keys_dir: str | None, private_reads: bool,
+          receiver: str) -> None:
     """Ingest device reports from MQTT into the database, serve the HTTP API + bundles, drive rollouts.
 
     Writes (uploads, stages, tags, groups, rollouts) need an operator bearer token: create one with
@@ -221,7 +225,7 @@ def serve(db_url: str, store: Path, host: str, port: int, shared_group: str | No
                        err=True)
         reg = Registry(db_url, store, bhost, bport, host, port, tls=tls_files(identity), shared_group=shared_group,
                        client_id=client_id, rollouts=not no_rollouts, notice_signer=signer,
-                       private_reads=private_reads)
+                       private_reads=private_reads, receiver=receiver)
         from edgekit.registry import tokens
 
         if not any(not t["revoked"] for t in tokens.list_tokens(reg.engine)):

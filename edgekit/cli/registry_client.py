@@ -45,12 +45,13 @@ def _error_class(code: str) -> type[EdgekitError]:
 
 
 def api(registry: str, method: str, path: str, *, body: dict | None = None, params: dict | None = None,
-        timeout: float = 30.0) -> Any:
-    """Call the registry; a JSON error answer is re-raised as the same edgekit error class."""
+        timeout: float = 30.0, token: str | None = None) -> Any:
+    """Call the registry (``token``, else $EDGEKIT_REGISTRY_TOKEN); a JSON error answer is re-raised
+    as the same edgekit error class."""
     import requests
 
     url = f"{registry.rstrip('/')}{path}"
-    headers = auth_headers()
+    headers = auth_headers(token)
     try:
         r = requests.request(method, url, json=body, params=params, timeout=timeout, headers=headers)
     except requests.RequestException as exc:

@@ -8,6 +8,7 @@ topic or payload format (see ``topics`` and ``messages``).
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 import uuid
@@ -21,7 +22,22 @@ from paho.mqtt.properties import Properties
 
 from .errors import ConfigError, TimeoutError_, TransportError
 
+log = logging.getLogger("edgekit.mqtt")
 Handler = Callable[[str, bytes, "Properties | None"], None]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One received message to acknowledge later (``manual_ack`` connections): its packet id, QoS
+    and the connection generation it arrived on (a reconnect makes older ids meaningless)."""
+
+    mid: int
+    qos: int
+    generation: int
+
+
+# with ``manual_ack=True`` handlers get the delivery as a 4th argument and must pass it to ``ack``
+AckHandler = Callable[[str, bytes, "Properties | None", Delivery], None]
 
 
 @dataclass
@@ -57,11 +73,19 @@ class MqttConnection:
 
     def __init__(self, client_id: str, host: str, port: int, *, will: Will | None = None,
                  clean_start: bool = True, session_expiry_s: int = 0, keepalive: int = 30,
-                 max_queued: int = 1000, tls: TlsFiles | None = None) -> None:
+                 max_queued: int = 1000, tls: TlsFiles | None = None, manual_ack: bool = False,
+                 receive_maximum: int | None = None) -> None:
+        """``manual_ack``: a QoS 1 message is acknowledged to the broker only when the application
+        calls ``ack`` (e.g. after it is committed), so an unacknowledged one is redelivered to the
+        persistent session after a crash. ``receive_maximum``: how many unacknowledged messages the
+        broker may have in flight to us (MQTT 5; otherwise the broker's max_inflight_messages)."""
         self.client_id, self.host, self.port = client_id, host, port
+        self.manual_ack, self._receive_maximum = manual_ack, receive_maximum
+        self._generation = 0
         self.tls = tls
         self._clean_start, self._session_expiry, self._keepalive = clean_start, session_expiry_s, keepalive
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
+                                  manual_ack=manual_ack)
         self.client.max_queued_messages_set(max_queued)
         self.client.reconnect_delay_set(0.2, 5)
         if tls is not None:
@@ -96,6 +120,7 @@ class MqttConnection:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._cv:
             self._connack = reason_code.value
+            self._generation += 1
             self._cv.notify_all()
         if reason_code.value == 0 and not flags.session_present and self._subscriptions:
             # the broker forgot us (restart without persistence, clean start): subscribe again, no wait here
@@ -137,14 +162,30 @@ class MqttConnection:
 
     def _on_message(self, client, userdata, msg) -> None:
         handlers = self._handlers
+        extra = (Delivery(msg.mid, msg.qos, self._generation),) if self.manual_ack else ()
         if len(handlers) > 1 and all(h is handlers[0][1] for _, h in handlers):
             # one handler for every filter (e.g. the registry's ingest): the broker only sends what
             # matches a subscription, so skip the per-filter matching on this hot path
-            handlers[0][1](msg.topic, msg.payload, getattr(msg, "properties", None))
+            handlers[0][1](msg.topic, msg.payload, getattr(msg, "properties", None), *extra)
             return
+        matched = False
         for flt, handler in list(handlers):
             if paho.topic_matches_sub(flt.split("/", 2)[2] if flt.startswith("$share/") else flt, msg.topic):
-                handler(msg.topic, msg.payload, getattr(msg, "properties", None))
+                matched = True
+                handler(msg.topic, msg.payload, getattr(msg, "properties", None), *extra)
+        if extra and not matched:  # nobody will ever acknowledge it: do not leave it in flight
+            log.warning("no handler for %s: acknowledged and dropped", msg.topic)
+            self.ack(extra)
+
+    def ack(self, deliveries) -> int:
+        """Acknowledge received messages (``manual_ack`` connections); return how many were sent.
+        Deliveries from an earlier connection are skipped: the broker redelivers those anyway."""
+        gen, sent = self._generation, 0
+        for d in deliveries:
+            if d.qos > 0 and d.generation == gen:
+                self.client.ack(d.mid, d.qos)
+                sent += 1
+        return sent
 
     # -- public API ------------------------------------------------------------------------
     @property
@@ -155,6 +196,8 @@ class MqttConnection:
         props = Properties(PacketTypes.CONNECT)
         if self._session_expiry:
             props.SessionExpiryInterval = self._session_expiry
+        if self._receive_maximum:
+            props.ReceiveMaximum = self._receive_maximum
         self._refused = None
         try:
             self.client.connect(self.host, self.port, keepalive=self._keepalive,
@@ -187,8 +230,14 @@ class MqttConnection:
             if not self._cv.wait_for(predicate, timeout):
                 raise TimeoutError_(f"{what}: no acknowledgement from the broker within {timeout:.0f}s")
 
+    def add_handler(self, filters: list, handler: Handler) -> None:
+        """Route messages matching ``filters`` to ``handler`` without subscribing. Call it before
+        ``connect`` on a persistent session: the broker resends unacknowledged messages right after
+        CONNACK, before any SUBSCRIBE is answered, and they must not find the connection handler-less."""
+        self._handlers.extend((flt, handler) for flt, _ in filters if (flt, handler) not in self._handlers)
+
     def subscribe(self, filters: list[tuple[str, int]], handler: Handler, timeout: float = 10.0) -> None:
-        self._handlers.extend((flt, handler) for flt, _ in filters)
+        self.add_handler(filters, handler)
         self._subscriptions.update(filters)
         rc, mid = self.client.subscribe(filters)
         if rc != paho.MQTT_ERR_SUCCESS:
@@ -241,9 +290,11 @@ class MqttConnection:
             raise
         return pending
 
-    def _dispatch_reply(self, topic: str, body: bytes, props: Properties | None) -> None:
+    def _dispatch_reply(self, topic: str, body: bytes, props: Properties | None, *delivery: Delivery) -> None:
         for waiter in list(self._rpc_waiters):
             waiter(topic, body, props)
+        if delivery:
+            self.ack(delivery)
 
     def close(self, publish_first: tuple[str, bytes] | None = None) -> None:
         """Disconnect cleanly (the broker then does *not* send the last will)."""

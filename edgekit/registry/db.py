@@ -10,7 +10,8 @@ import json
 import time
 from typing import Any, Iterable
 
-from sqlalchemy import (JSON, Boolean, Float, Integer, String, create_engine, event, func, insert, select)
+from sqlalchemy import (JSON, Boolean, Float, Integer, String, UniqueConstraint, create_engine, event, func, insert,
+                        select)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -37,6 +38,9 @@ class Device(Base):
 
 class EventRow(Base):
     __tablename__ = "events"
+    # a redelivered message (ingest acknowledges only after commit) must not be stored twice:
+    # a device's (seq, ts) names one message; seq restarts with the agent, ts does not repeat
+    __table_args__ = (UniqueConstraint("device", "seq", "ts", name="uq_events_message"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device: Mapped[str] = mapped_column(String(64), index=True)
     ts: Mapped[float] = mapped_column(Float)
@@ -50,8 +54,10 @@ class EventRow(Base):
 
 class TelemetryRow(Base):
     __tablename__ = "telemetry"
+    __table_args__ = (UniqueConstraint("device", "seq", "ts", name="uq_telemetry_message"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device: Mapped[str] = mapped_column(String(64), index=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
     ts: Mapped[float] = mapped_column(Float, index=True)
     payload: Mapped[dict] = mapped_column(JSON)
 
@@ -87,6 +93,7 @@ def open_db(url: str) -> Engine:
             cur = conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")  # concurrent writers (CLI, workers) wait, not fail
             cur.close()
     from . import catalog, inventory, rollout_store, tokens  # noqa: F401  (their tables join Base.metadata)
 
@@ -124,7 +131,7 @@ def store_batch(engine: Engine, batch: Iterable[tuple[str, str, str, dict]]) -> 
                     if msg["online"]:
                         dev.model, dev.version = msg.get("model"), msg.get("version")
             elif kind == "telemetry":
-                telemetry.append({"device": device, "ts": ts, "payload": msg})
+                telemetry.append({"device": device, "seq": msg["seq"], "ts": ts, "payload": msg})
                 last_tel[device] = msg
             elif kind == "events":
                 err = msg.get("error") or {}
@@ -139,10 +146,22 @@ def store_batch(engine: Engine, batch: Iterable[tuple[str, str, str, dict]]) -> 
             dev.last_seen = max(dev.last_seen or 0.0, ts)
         s.flush()
         if telemetry:
-            s.execute(insert(TelemetryRow.__table__), telemetry)
+            s.execute(_insert_once(s, TelemetryRow), telemetry)
         if events:
-            s.execute(insert(EventRow.__table__), events)
+            s.execute(_insert_once(s, EventRow), events)
     return len(batch)
+
+
+def _insert_once(s: Session, model):
+    """INSERT that skips rows already stored (same device, seq, ts): redeliveries are idempotent."""
+    dialect = s.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:  # other databases: the unique constraint still refuses duplicates (the batch is split)
+        return insert(model.__table__)
+    return dialect_insert(model.__table__).on_conflict_do_nothing()
 
 
 def _apply_telemetry(dev: Device, msg: dict | None) -> None:

@@ -23,10 +23,10 @@ class Registry:
     def __init__(self, db_url: str, store: Path, broker_host: str, broker_port: int,
                  http_host: str = "127.0.0.1", http_port: int = 0, *, tls=None, shared_group: str | None = None,
                  client_id: str = "edgekit-registry", rollouts: bool = True, tick_s: float = 0.2,
-                 notice_signer=None, private_reads: bool = False) -> None:
+                 notice_signer=None, private_reads: bool = False, receiver: str = "thread") -> None:
         self.engine = db.open_db(db_url)
         self.ingest = Ingest(self.engine, broker_host, broker_port, client_id=client_id, shared_group=shared_group,
-                             tls=tls)
+                             tls=tls, receiver=receiver)
         self.http = RegistryHTTPServer((http_host, http_port), self.engine, store, self.ingest,
                                        private_reads=private_reads)
         self.chunks = ChunkServer(self.ingest.conn, store, shared_group=self.ingest.shared_group)  # MQTT transfer
