@@ -81,6 +81,9 @@ def render_acl(fleet: str, devices: list[str]) -> str:
     return "\n".join(lines)
 
 
+RELOADED = b"Reloading config"
+
+
 class ManagedBroker:
     def __init__(self, workdir: Path, port: int | None = None, persistence: bool = False, *,
                  pki=None) -> None:
@@ -121,7 +124,14 @@ class ManagedBroker:
             self.pki = load_pki(self.pki.directory)
             self.write_acl()
         if self.proc is not None and self.proc.poll() is None:
+            log = self.workdir / "mosquitto.log"
+            seen = log.read_bytes().count(RELOADED) if log.exists() else 0
             self.proc.send_signal(signal.SIGHUP)
+            # wait until mosquitto has re-read its config: a client connecting before that would be
+            # judged by the old ACL (its subscriptions silently get nothing)
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and log.read_bytes().count(RELOADED) <= seen:
+                time.sleep(0.01)
 
     def config_text(self) -> str:
         lines = [
@@ -135,6 +145,7 @@ class ManagedBroker:
             "log_dest stderr",
             "log_type error",
             "log_type warning",
+            "log_type notice",                  # "Reloading config." tells reload() the new ACL is live
         ]
         return "\n".join(lines) + "\n"
 

@@ -45,7 +45,13 @@ def test_report_has_the_onnx_pipeline_keys(tflite_out, artifacts):
 def test_auto_picks_integer_kernels_for_the_phone_with_nhwc_float_io(tflite_out):
     out, reports = tflite_out
     rep = reports["pixel-8"]
-    assert rep["precision"] == "int8-static" and rep["io_layout"] == "nhwc"
+    first = rep["candidates"][0]
+    assert first["precision"] == "int8-static"          # the profile's first choice is tried first
+    # it is kept unless it measured slower than fp32 (a ~0.003 ms model on a loaded machine can):
+    # then the report must say exactly that, and the next precision is chosen
+    if rep["precision"] != "int8-static":
+        assert not first["passed"] and all("slower than fp32" in r for r in first["reasons"]), first["reasons"]
+    assert rep["io_layout"] == "nhwc"
     assert rep["inputs"] == [{"name": "input", "dtype": "float32", "shape": [1, 8, 8, 1], "layout": "NHWC"}]
     chosen = rep["candidates"][-1]
     assert chosen["passed"] and chosen["accuracy_drop"] <= 0.01

@@ -38,7 +38,11 @@ class ChunkServer:
     def stop(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _on_request(self, topic: str, payload: bytes, props) -> None:
+    def _on_request(self, topic: str, payload: bytes, props, delivery=None) -> None:
+        # on the registry's manual-ack ingest session (thread receiver) a request is acknowledged at
+        # once: a lost request is simply asked again by the device
+        if delivery is not None:
+            self.conn.ack([delivery])
         self._pool.submit(self._answer, topic, payload, props)
 
     def _answer(self, topic: str, payload: bytes, props) -> None:
