@@ -46,22 +46,15 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(ROOT))
 
 from converters.data import Dataset, load_dataset  # noqa: E402
+from converters.wheel_models import extract, wheel_cache  # noqa: E402
 from converters.tflite_pipeline import convert_tflite  # noqa: E402
 from edgekit.core.errors import ModelError, ParityError  # noqa: E402
 from edgekit.core.profiles import load_profile  # noqa: E402
 from converters.synthetic import people_scene  # noqa: E402
 from edgekit.samples.synthetic import text_lines  # noqa: E402
 
-WHEELS = Path(os.environ.get("EDGEKIT_WHEEL_CACHE", ROOT / ".cache" / "wheels"))
 RUNS = [("pixel-8", "fp32"), ("pixel-8", "fp16"), ("pixel-8", "int8-dynamic"), ("pixel-8", "int8-static"),
         ("coral-dev-board", "int8-full"), ("pixel-8", "int16x8"), ("pixel-8", "int8-mixed")]
-
-
-def _from_wheel(wheel: str, member: str, dest: Path) -> Path:
-    path = dest / Path(member).name
-    with zipfile.ZipFile(WHEELS / wheel) as zf:
-        path.write_bytes(zf.read(member))
-    return path
 
 
 # The task each model is declared with, as a user would run `edgekit convert --task ...` (ADR 0007).
@@ -77,16 +70,15 @@ def faces(n: int, seed: int) -> np.ndarray:
 
 def models(work: Path) -> dict[str, tuple[Path, Dataset, Dataset]]:
     digits = ROOT / "edgekit" / "samples" / "digits"
-    ocr = "rapidocr_onnxruntime-1.4.4-py3-none-any.whl"
     return {
         "digits": (digits / "digits_cnn.onnx", load_dataset(digits / "calibration.npz", ["input"]),
                    load_dataset(digits / "validation.npz", ["input"])),
-        "nudenet-320n": (_from_wheel("nudenet-3.4.2-py3-none-any.whl", "nudenet/320n.onnx", work),
+        "nudenet-320n": (extract("nudenet-320n", work),
                          Dataset({"images": faces(16, 100)}), Dataset({"images": faces(24, 0)})),
-        "ppocrv4-det": (_from_wheel(ocr, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", work),
+        "ppocrv4-det": (extract("ppocr-v4-det", work),
                         Dataset({"x": text_lines(16, 320, 320, 1, True)}),
                         Dataset({"x": text_lines(8, 320, 320, 2, True)})),
-        "ppocr-cls": (_from_wheel(ocr, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", work),
+        "ppocr-cls": (extract("ppocr-cls", work),
                       Dataset({"x": text_lines(32, 48, 192, 1, True)}),
                       Dataset({"x": text_lines(16, 48, 192, 2, True)})),
     }
@@ -146,7 +138,7 @@ def bench_mediapipe(work: Path) -> dict:
     from agent.runtime import TfliteRunner
     from converters.model_inspect import inspect_file
 
-    wheel = WHEELS / "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl"
+    wheel = wheel_cache() / "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl"
     rows = []
     with zipfile.ZipFile(wheel) as zf:
         names = [i.filename for i in zf.infolist() if i.filename.endswith(".tflite")]

@@ -4,8 +4,6 @@ in the local cache."""
 
 from __future__ import annotations
 
-import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +13,13 @@ import onnx  # noqa: E402  (host extra: a missing package must fail, not skip)
 
 from onnx import TensorProto, helper  # noqa: E402
 
+from converters.wheel_models import extract
 from converters.tflite import convert_onnx_to_tflite  # noqa: E402
 from converters.tflite.verify import compare_with_onnx, run_onnx, run_tflite  # noqa: E402
 from edgekit.core.errors import UnsupportedOpError, UsageError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "edgekit" / "samples" / "digits"
-NUDENET_WHEEL = Path(os.environ.get("EDGEKIT_WHEEL_CACHE", ROOT / ".cache" / "wheels")) / "nudenet-3.4.2-py3-none-any.whl"
 
 
 
@@ -191,12 +189,7 @@ def _blobs(n: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def nudenet(tmp_path_factory):
-    if not NUDENET_WHEEL.exists():
-        pytest.fail(f"{NUDENET_WHEEL} is missing: run scripts/setup.sh (it downloads the wheel with "
-                    "`pip download --no-deps nudenet==3.4.2 -d .cache/wheels`)")
-    path = tmp_path_factory.mktemp("nudenet") / "320n.onnx"
-    with zipfile.ZipFile(NUDENET_WHEEL) as zf:
-        path.write_bytes(zf.read("nudenet/320n.onnx"))
+    path = extract("nudenet-320n", tmp_path_factory.mktemp("nudenet"), "320n.onnx")  # missing wheel: UsageError
     x = _blobs(10, 0)
     return {"model": path, "cal": {"images": x[:8]}, "x": x[8:],
             "ref": run_onnx(path, {"images": x[8:]})["output0"]}

@@ -5,14 +5,12 @@ invocation."""
 
 from __future__ import annotations
 
-import os
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from agent.runtime import TfliteRunner
+from converters.wheel_models import extract
 from converters.tflite import convert_onnx_to_tflite
 from converters.tflite.reader import read_tflite
 from converters.tflite_pipeline import convert_tflite
@@ -21,8 +19,6 @@ from edgekit.core.profiles import load_profile
 from edgekit.demo import SAMPLES
 from edgekit.samples.synthetic import blobs, text_lines
 
-ROOT = Path(__file__).resolve().parent.parent
-WHEELS = Path(os.environ.get("EDGEKIT_WHEEL_CACHE", ROOT / ".cache" / "wheels"))
 MODEL = SAMPLES / "digits_cnn.onnx"
 
 
@@ -51,10 +47,8 @@ def test_a_static_shape_profile_refuses_a_dynamic_batch(datasets, tmp_path):
 
 
 def test_real_models_get_a_dynamic_batch_only_where_the_check_passes(tmp_path):
-    with zipfile.ZipFile(WHEELS / "rapidocr_onnxruntime-1.4.4-py3-none-any.whl") as zf:
-        (tmp_path / "cls.onnx").write_bytes(zf.read("rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"))
-    with zipfile.ZipFile(WHEELS / "nudenet-3.4.2-py3-none-any.whl") as zf:
-        (tmp_path / "320n.onnx").write_bytes(zf.read("nudenet/320n.onnx"))
+    extract("ppocr-cls", tmp_path, "cls.onnx")
+    extract("nudenet-320n", tmp_path, "320n.onnx")
     cls = convert_onnx_to_tflite(tmp_path / "cls.onnx", tmp_path / "cls.tflite", precision="int8-full",
                                  calibration={"x": text_lines(4, 48, 192, 1)}, input_shapes={"x": [1, 3, 48, 192]},
                                  io_layout="nhwc", dynamic_batch=True)

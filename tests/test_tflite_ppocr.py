@@ -4,12 +4,10 @@ hard-swish), and the parity gate refusing the int8 det model it cannot make accu
 
 from __future__ import annotations
 
-import os
-import zipfile
-from pathlib import Path
 
 import pytest
 
+from converters.wheel_models import extract
 from converters.data import Dataset
 from converters.tflite import convert_onnx_to_tflite
 from converters.tflite.verify import compare_with_onnx
@@ -18,16 +16,13 @@ from edgekit.core.errors import ParityError
 from edgekit.core.profiles import load_profile
 from edgekit.samples.synthetic import text_lines
 
-ROOT = Path(__file__).resolve().parent.parent
-WHEEL = Path(os.environ.get("EDGEKIT_WHEEL_CACHE", ROOT / ".cache" / "wheels")) / "rapidocr_onnxruntime-1.4.4-py3-none-any.whl"
 
 
 @pytest.fixture(scope="module")
 def ocr(tmp_path_factory):
     out = tmp_path_factory.mktemp("ppocr")
-    with zipfile.ZipFile(WHEEL) as zf:       # a missing wheel fails: run scripts/setup.sh
-        for name in ("ch_PP-OCRv4_det_infer.onnx", "ch_ppocr_mobile_v2.0_cls_infer.onnx"):
-            (out / name).write_bytes(zf.read(f"rapidocr_onnxruntime/models/{name}"))
+    extract("ppocr-v4-det", out, "ch_PP-OCRv4_det_infer.onnx")     # a missing wheel fails: run scripts/setup.sh
+    extract("ppocr-cls", out, "ch_ppocr_mobile_v2.0_cls_infer.onnx")
     return out
 
 

@@ -5,8 +5,6 @@ Real models: the project's digits sample, PP-OCR cls (rapidocr wheel) and nudene
 from __future__ import annotations
 
 import json
-import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from converters.wheel_models import extract
 from converters.data import Dataset
 from converters.tflite import convert_onnx_to_tflite, quantize
 from converters.tflite.layerwise import compare_layers, first_drops
@@ -25,7 +24,6 @@ from edgekit.core.profiles import load_profile
 from edgekit.samples.synthetic import blobs, text_lines
 
 ROOT = Path(__file__).resolve().parent.parent
-WHEELS = Path(os.environ.get("EDGEKIT_WHEEL_CACHE", ROOT / ".cache" / "wheels"))
 DIGITS = ROOT / "edgekit" / "samples" / "digits"
 
 
@@ -95,10 +93,7 @@ def test_int16x8_uses_int16_activations_and_beats_int8_on_digits(tmp_path):
 
 @pytest.fixture(scope="module")
 def cls_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cls") / "cls.onnx"
-    with zipfile.ZipFile(WHEELS / "rapidocr_onnxruntime-1.4.4-py3-none-any.whl") as zf:
-        path.write_bytes(zf.read("rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"))
-    return path
+    return extract("ppocr-cls", tmp_path_factory.mktemp("cls"), "cls.onnx")
 
 
 def test_layerwise_comparison_locates_the_loss_on_ppocr_cls(cls_model):
@@ -115,9 +110,7 @@ def test_layerwise_comparison_locates_the_loss_on_ppocr_cls(cls_model):
 
 
 def test_nudenet_int16x8_passes_the_gate_where_int8_is_refused(tmp_path):
-    path = tmp_path / "320n.onnx"
-    with zipfile.ZipFile(WHEELS / "nudenet-3.4.2-py3-none-any.whl") as zf:
-        path.write_bytes(zf.read("nudenet/320n.onnx"))
+    path = extract("nudenet-320n", tmp_path, "320n.onnx")
     cal, val = Dataset({"images": blobs(8, 0)}), Dataset({"images": blobs(3, 1)})
     rep = convert_tflite(path, load_profile("pixel-8"), tmp_path / "out", precision="int16x8",
                          calibration=cal, validation=val)

@@ -6,8 +6,6 @@ trusting the report."""
 from __future__ import annotations
 
 import json
-import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +13,13 @@ import onnxruntime as ort
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
+from converters.wheel_models import extract
 from converters.data import Dataset
 from converters.tflite_pipeline import convert_tflite
 from edgekit.core.profiles import load_profile
 from converters.synthetic import people_scene
 
 ROOT = Path(__file__).resolve().parent.parent
-WHEELS = Path(os.environ.get("EDGEKIT_WHEEL_CACHE", ROOT / ".cache" / "wheels"))
 
 
 def _faces(n: int, seed: int) -> np.ndarray:
@@ -32,9 +30,7 @@ def _faces(n: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def nudenet(tmp_path_factory):
     work = tmp_path_factory.mktemp("nudenet-task")
-    path = work / "320n.onnx"
-    with zipfile.ZipFile(WHEELS / "nudenet-3.4.2-py3-none-any.whl") as zf:
-        path.write_bytes(zf.read("nudenet/320n.onnx"))
+    path = extract("nudenet-320n", work, "320n.onnx")
     x = _faces(24, 0)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ref = np.concatenate([sess.run(None, {"images": x[i:i + 1]})[0] for i in range(len(x))])
@@ -161,9 +157,7 @@ def test_ppocr_det_int8_mixed_keeps_a_float_stem_and_passes_text_mask(tmp_path):
     from edgekit.core.errors import ParityError
     from edgekit.samples.synthetic import text_lines
 
-    src = tmp_path / "det.onnx"
-    with zipfile.ZipFile(WHEELS / "rapidocr_onnxruntime-1.4.4-py3-none-any.whl") as zf:
-        src.write_bytes(zf.read("rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"))
+    src = extract("ppocr-v4-det", tmp_path, "det.onnx")
     cal, x = Dataset({"x": text_lines(16, 320, 320, 1, True)}), text_lines(8, 320, 320, 2, True)
     profile = load_profile("pixel-8")
     with pytest.raises(ParityError) as exc:
