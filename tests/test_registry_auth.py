@@ -6,6 +6,7 @@ bundle downloads stay open for devices."""
 from __future__ import annotations
 
 import json
+import time
 import sqlite3
 
 import pytest
@@ -36,6 +37,9 @@ def released(registry, make_bundle, broker):
     requests.post(f"{registry.url}/api/v1/models/digits-cnn/versions/1.0.0", json={"stage": "released"},
                   headers=bearer(registry.token), timeout=10).raise_for_status()
     sim = FleetSim("127.0.0.1", broker.port, 1, telemetry_s=0.5).start()
+    deadline = time.monotonic() + 15      # the registry stores in batches: wait until it knows the device
+    while time.monotonic() < deadline and not requests.get(f"{registry.url}/api/v1/fleet", timeout=5).json()["devices"]:
+        time.sleep(0.1)
     yield b, stored
     sim.stop()
 
