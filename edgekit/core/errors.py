@@ -111,7 +111,9 @@ class UnsupportedOpError(ModelError):
 
 class ParityError(ModelError):
     code = "parity"
-    default_hint = "Try a higher precision (--precision fp32/fp16), better calibration data, or loosen the profile's budgets."
+    default_hint = ("For detection or text heads declare what the output is for (--task detection-yolo|text-mask) so "
+                    "the task metric decides; otherwise try a higher precision (--precision fp32/fp16) or better "
+                    "calibration data.")
 
 
 class TargetFitError(ModelError):
