@@ -207,7 +207,7 @@ def _rollout(url: str, model: str, version: str, log: Callable[[str], None], tok
              timeout: float = 60.0) -> str:
     """Release ``model@version`` and roll it out to every device through the registry's engine
     (as ``edgekit models stage`` + ``edgekit deploy --wait`` do); return the rollout id once it succeeded."""
-    from edgekit.cli.registry_client import api
+    from edgekit.registry_client import api
 
     api(url, "POST", f"/api/v1/models/{model}/versions/{version}", body={"stage": "released"}, token=token)
     out = api(url, "POST", "/api/v1/rollouts",

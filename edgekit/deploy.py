@@ -32,7 +32,7 @@ def parse_broker(value: str) -> tuple[str, int]:
 
 def upload(bundle_path: Path, registry: str, token: str | None = None) -> dict:
     """Upload a bundle with an operator token (``token`` or ``$EDGEKIT_REGISTRY_TOKEN``)."""
-    from .cli.registry_client import auth_headers, raise_for_auth
+    from .registry_client import auth_headers, raise_for_auth
 
     size = bundle_path.stat().st_size
     auth = auth_headers(token)

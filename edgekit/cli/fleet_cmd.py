@@ -138,7 +138,7 @@ def fleet_ls(fleet_id: str | None, selector: str, pki_dir: str | None, registry:
     """
     def body():
         from .inventory_cmd import COLUMNS, device_rows
-        from .registry_client import api
+        from edgekit.registry_client import api
 
         if fleet_id:
             selector_ = f"fleet={fleet_id}" + ("" if selector in ("all", "*") else f",{selector}")

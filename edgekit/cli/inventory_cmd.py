@@ -6,8 +6,9 @@ import time
 
 import click
 
+from edgekit.registry_client import api
+
 from .common import emit_json, json_option, registry_option, run_guarded, table
-from .registry_client import api
 
 COLUMNS = ["id", "fleet", "state", "profile", "model", "agent", "seen", "p95_ms", "tags", "groups"]
 

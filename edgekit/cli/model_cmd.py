@@ -159,7 +159,7 @@ def release(artifact_dirs: tuple[Path, ...], name: str, version: str, release_nu
         from edgekit.release import release_artifact
 
         if upload:  # refuse before signing anything when the upload cannot be authorised
-            from .registry_client import auth_headers, raise_for_auth
+            from edgekit.registry_client import auth_headers, raise_for_auth
 
             if not auth_headers():
                 raise_for_auth(401, {}, registry, token_sent=False)

@@ -9,8 +9,9 @@ import time
 
 import click
 
+from edgekit.registry_client import api, split_ref
+
 from .common import emit_json, json_option, registry_option, run_guarded, table
-from .registry_client import api, split_ref
 
 DEPLOY_HELP = """Roll MODEL@VERSION out to the devices matching --to, in waves, driven by the registry.
 

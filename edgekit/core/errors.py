@@ -195,9 +195,14 @@ def _all_subclasses(cls: type) -> list[type]:
     return [cls] + [s for sub in cls.__subclasses__() for s in _all_subclasses(sub)]
 
 
+def error_class(code: str) -> type[EdgekitError]:
+    """The error class whose ``code`` is ``code`` (for errors carried as dicts); EdgekitError if none."""
+    return next((c for c in _all_subclasses(EdgekitError) if c.code == code), EdgekitError)
+
+
 def exit_code_for(code: str) -> int:
     """The exit code of the error class whose ``code`` is ``code`` (for errors carried as dicts)."""
-    return next((c.exit_code for c in _all_subclasses(EdgekitError) if c.code == code), EdgekitError.exit_code)
+    return error_class(code).exit_code
 
 
 # -- security (issue 7): PKI and signed deployment notices -----------------------------------------
@@ -240,8 +245,7 @@ class EncryptionError(BundleError):
 def error_from_dict(d: dict[str, Any]) -> EdgekitError:
     """Rebuild an error carried as ``to_dict()`` JSON (an event, an HTTP answer) as its own class."""
     code = d.get("code", "error")
-    cls = next((c for c in _all_subclasses(EdgekitError) if c.code == code), EdgekitError)
-    err = cls(d.get("message", code), hint=d.get("hint"), **(d.get("details") or {}))
+    err = error_class(code)(d.get("message", code), hint=d.get("hint"), **(d.get("details") or {}))
     err.code = code
     return err
 

@@ -1,4 +1,5 @@
-"""The CLI's side of the registry HTTP API: one call helper that maps failures onto edgekit errors.
+"""Host side of the registry HTTP API (CLI, deploy, demo): one call helper that maps failures onto
+edgekit errors.
 
 Every request carries the API bearer token from ``EDGEKIT_REGISTRY_TOKEN`` (ADR 0009); a 401/403
 answer becomes :class:`~edgekit.core.errors.AuthError` / ``ForbiddenError`` with a hint.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from edgekit.core.errors import AuthError, EdgekitError, ForbiddenError, TransportError, UsageError
+from edgekit.core.errors import AuthError, EdgekitError, ForbiddenError, TransportError, UsageError, error_class
 
 TOKEN_ENV = "EDGEKIT_REGISTRY_TOKEN"
 
@@ -34,15 +35,6 @@ def raise_for_auth(status: int, data: dict, registry: str, token_sent: bool) -> 
                     hint=f"Check {TOKEN_ENV}; create a new token with `edgekit registry token create`.")
 
 
-def _error_class(code: str) -> type[EdgekitError]:
-    stack: list[type[EdgekitError]] = [EdgekitError]
-    while stack:
-        cls = stack.pop()
-        if cls.code == code:
-            return cls
-        stack.extend(cls.__subclasses__())
-    return EdgekitError
-
 
 def api(registry: str, method: str, path: str, *, body: dict | None = None, params: dict | None = None,
         timeout: float = 30.0, token: str | None = None) -> Any:
@@ -64,7 +56,7 @@ def api(registry: str, method: str, path: str, *, body: dict | None = None, para
     raise_for_auth(r.status_code, data, registry, bool(headers))
     if r.status_code >= 400:
         err = data.get("error") or {}
-        cls = _error_class(err.get("code", ""))
+        cls = error_class(err.get("code", ""))
         if cls is EdgekitError and r.status_code < 500:
             cls = UsageError
         raise cls(err.get("message", f"HTTP {r.status_code}"), hint=err.get("hint"))
