@@ -50,8 +50,7 @@ from converters.wheel_models import extract, wheel_cache  # noqa: E402
 from converters.tflite_pipeline import convert_tflite  # noqa: E402
 from edgekit.core.errors import ModelError, ParityError  # noqa: E402
 from edgekit.core.profiles import load_profile  # noqa: E402
-from converters.synthetic import people_scene  # noqa: E402
-from edgekit.samples.synthetic import text_lines  # noqa: E402
+from converters.synthetic import people_scene, text_lines  # noqa: E402
 
 RUNS = [("pixel-8", "fp32"), ("pixel-8", "fp16"), ("pixel-8", "int8-dynamic"), ("pixel-8", "int8-static"),
         ("coral-dev-board", "int8-full"), ("pixel-8", "int16x8"), ("pixel-8", "int8-mixed")]

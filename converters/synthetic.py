@@ -1,8 +1,12 @@
 """Synthetic, meaningful test scenes for real third-party models (no data sets can be downloaded).
 
 ``people_scene`` draws a face (hair, eyes, nose, mouth) and shoulders for the nudenet YOLOv8
-detector; ``text_scene`` renders lines of words and numbers for PP-OCR text detection. Deterministic per seed; Pillow when available, numpy otherwise
-(plain rectangles). Used by tests and ``benchmarks/quantization.py`` only.
+detector; ``text_scene`` renders lines of words and numbers for PP-OCR text detection
+(Pillow when available, numpy otherwise: plain rectangles). ``blobs`` (smooth colour blobs in
+[0, 1], NCHW) and ``text_lines`` (dark stroke rows on a white page, normalised like PaddleOCR,
+optionally every other image rotated 180 degrees for the direction classifier) are batch
+generators that exercise realistic value ranges. Deterministic per seed. Used by tests and
+benchmarks only; they do not stand in for accuracy data sets.
 """
 
 from __future__ import annotations
@@ -88,3 +92,32 @@ def to_nchw(images: list[np.ndarray], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     x = np.stack(images).astype(np.float32) / 255.0
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def blobs(n: int, seed: int, size: int = 320) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / float(size)
+    out = np.zeros((n, 3, size, size), np.float32)
+    for k in range(n):
+        for _ in range(8):
+            cx, cy, s = rng.random(3)
+            out[k] += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (0.02 + 0.1 * s))[None] * rng.random(3)[:, None, None]
+    return np.clip(out, 0, 1)
+
+
+def text_lines(n: int, height: int, width: int, seed: int, flip_every_other: bool = False) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.ones((n, 3, height, width), np.float32)
+    rows = max(1, height // 50)
+    for k in range(n):
+        for _ in range(rows):
+            th = int(rng.integers(height // 6, height // 3)) if height < 100 else int(rng.integers(6, 14))
+            y = int(rng.integers(0, height - th))
+            x0 = int(rng.integers(0, width // 3))
+            length = int(rng.integers(width // 3, width - x0))
+            step = int(rng.integers(5, 9))
+            for c in range(x0, min(width, x0 + length), step):
+                out[k, :, y:y + th, c:c + 3] = rng.random() * 0.3
+        if flip_every_other and k % 2:
+            out[k] = out[k, :, ::-1, ::-1]
+    return ((out - 0.5) / 0.5).astype(np.float32)

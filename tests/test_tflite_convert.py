@@ -182,7 +182,7 @@ def test_usage_errors(tmp_path):
 # ---- nudenet 3.4.2 (YOLOv8n, 320x320): needs the wheel in the local cache --------------------------
 
 def _blobs(n: int, seed: int) -> np.ndarray:
-    from edgekit.samples.synthetic import blobs
+    from converters.synthetic import blobs
 
     return blobs(n, seed)
 

@@ -17,7 +17,7 @@ from converters.tflite_pipeline import convert_tflite
 from edgekit.core.errors import UsageError
 from edgekit.core.profiles import load_profile
 from edgekit.demo import SAMPLES
-from edgekit.samples.synthetic import blobs, text_lines
+from converters.synthetic import blobs, text_lines
 
 MODEL = SAMPLES / "digits_cnn.onnx"
 

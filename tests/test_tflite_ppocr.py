@@ -14,7 +14,7 @@ from converters.tflite.verify import compare_with_onnx
 from converters.tflite_pipeline import convert_tflite
 from edgekit.core.errors import ParityError
 from edgekit.core.profiles import load_profile
-from edgekit.samples.synthetic import text_lines
+from converters.synthetic import text_lines
 
 
 

@@ -21,7 +21,7 @@ from converters.tflite.schema_writer import Model
 from converters.tflite.verify import compare_with_onnx
 from converters.tflite_pipeline import convert_tflite
 from edgekit.core.profiles import load_profile
-from edgekit.samples.synthetic import blobs, text_lines
+from converters.synthetic import blobs, text_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "edgekit" / "samples" / "digits"

@@ -155,7 +155,7 @@ def test_ppocr_det_int8_mixed_keeps_a_float_stem_and_passes_text_mask(tmp_path):
     (cut chosen on calibration data only) and the rest int8, and passes --task text-mask."""
     from converters.tflite.reader import read_tflite
     from edgekit.core.errors import ParityError
-    from edgekit.samples.synthetic import text_lines
+    from converters.synthetic import text_lines
 
     src = extract("ppocr-v4-det", tmp_path, "det.onnx")
     cal, x = Dataset({"x": text_lines(16, 320, 320, 1, True)}), text_lines(8, 320, 320, 2, True)
