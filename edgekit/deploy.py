@@ -6,7 +6,6 @@ Also MQTT inference requests to a device (``infer_remote``). Used by ``edgekit p
 
 from __future__ import annotations
 
-import json
 import queue
 import time
 import uuid
@@ -56,13 +55,7 @@ def upload(bundle_path: Path, registry: str, token: str | None = None) -> dict:
 
 def read_manifest(bundle_path: Path) -> dict:
     """The (unverified) manifest of a bundle, to fill the notice. Devices verify for themselves."""
-    import tarfile
-
-    try:
-        with tarfile.open(bundle_path, "r:") as tar:
-            return bundle.validate_manifest(json.loads(tar.extractfile(bundle.MANIFEST_MEMBER).read()))
-    except (tarfile.TarError, KeyError, ValueError, OSError) as exc:
-        raise EdgekitError(f"{bundle_path} is not a readable bundle: {exc}") from None
+    return bundle.peek_manifest(bundle_path)
 
 
 def make_notice(manifest: dict, stored: dict, ttl_s: float = 3600, *, device: str | None = None,

@@ -149,6 +149,22 @@ def test_member_order_and_tar_format(good):
         assert all(m.mtime == 1_700_000_000 and m.mode == 0o644 for m in tar.getmembers())
 
 
+def test_peek_manifest_reads_the_manifest_and_refuses_what_is_not_a_bundle(good, tmp_path):
+    assert bundle.peek_manifest(good) == make_manifest()
+    junk = tmp_path / "junk.bundle"
+    junk.write_bytes(b"not a tar file" * 100)
+    with pytest.raises(BundleError, match="not a readable bundle") as exc:
+        bundle.peek_manifest(junk)
+    assert exc.value.exit_code == 5 and exc.value.hint
+    empty = tmp_path / "empty.bundle"
+    with tarfile.open(empty, "w") as tar:
+        info = tarfile.TarInfo("model.onnx")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"abcd"))
+    with pytest.raises(BundleError, match="no readable manifest.json"):
+        bundle.peek_manifest(empty)
+
+
 def test_write_bundle_refuses_invalid_manifest(tmp_path, store):
     manifest = make_manifest()
     bad = manifest | {"artifact": "model.exe"}

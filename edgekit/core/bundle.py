@@ -38,6 +38,7 @@ DRIFT_MEMBER = "drift.json"  # optional signed member (edgekit.core.drift.MEMBER
 MANIFEST_SCHEMA = "edgekit.manifest/1"
 ARTIFACT_NAMES = ("model.onnx", "model.tflite")
 MAX_METADATA_BYTES = 1 << 20
+MAX_BUNDLE_BYTES = 2 << 30      # members of one bundle, expanded
 ROOTS_PREFIX = "metadata/roots/"
 MAX_ROOTS = 64
 
@@ -143,6 +144,20 @@ def _safe_members(tar: tarfile.TarFile, max_bytes: int) -> dict[str, tarfile.Tar
     return members
 
 
+def peek_manifest(path: str | Path) -> dict:
+    """The manifest of a bundle file, schema-checked but NOT verified (host side: to fill a notice;
+    devices verify everything with :func:`open_bundle`)."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            info = _safe_members(tar, MAX_BUNDLE_BYTES).get(MANIFEST_MEMBER)
+            if info is None or info.size > MAX_METADATA_BYTES:
+                raise BundleError(f"{path} has no readable {MANIFEST_MEMBER}")
+            return validate_manifest(json.loads(tar.extractfile(info).read()))
+    except (tarfile.TarError, ValueError, OSError) as exc:
+        raise BundleError(f"{path} is not a readable bundle: {exc}",
+                          hint="Pass a .bundle file written by `edgekit release`.") from None
+
+
 def _extract_verified(path: str | Path, members: dict[str, tarfile.TarInfo], md, dest: Path) -> None:
     """Copy each member out of the (uncompressed) tar and hash it in the same pass, then check the
     digest against the signed entry: every byte is read once, through one reused buffer. Not
@@ -167,7 +182,7 @@ def _extract_verified(path: str | Path, members: dict[str, tarfile.TarInfo], md,
 
 
 def open_bundle(path: str | Path, root, dest: str | Path, *, reference_time: float | None = None,
-                allow_expired: bool = False, max_bytes: int = 2 << 30,
+                allow_expired: bool = False, max_bytes: int = MAX_BUNDLE_BYTES,
                 root_history: Path | None = None, device_id: str | None = None,
                 device_key: Path | None = None) -> VerifiedBundle:
     """Verify ``path`` against the provisioned ``root`` metadata and extract it into ``dest``.
