@@ -12,7 +12,9 @@ simulated devices. Writes ``benchmarks/results/fleet.json``.
      or ``--db-url``), i.e. telemetry *stored* per second.
 
    Each consumer runs alone in this process while nothing else runs (publishers are done), so the
-   two numbers are comparable; the order alternates over ``--repeats``. Zero lost status: every
+   two numbers are comparable; the order alternates over ``--repeats``. Also reported: the CPU time
+   of the consumer's processes per message (registry: both of its processes, including the
+   health polls that clock it) — steadier than msgs/s on a shared machine — and per-repeat ratios. Zero lost status: every
    simulated device's retained status reaches the registry's inventory (online count), and after
    cutting ``--drop`` devices' connections their last wills mark exactly those offline.
 
@@ -26,6 +28,7 @@ simulated devices. Writes ``benchmarks/results/fleet.json``.
 Reproduce::
 
     .venv/bin/python benchmarks/fleet.py              # ~1-2 min on the 2-core dev VM
+    .venv/bin/python benchmarks/fleet.py --repeats 5 --per-device 200    # the README's figures (~3 min)
     .venv/bin/python benchmarks/fleet.py --rollout-devices 200 --out /tmp/fleet.json
 
 Needs mosquitto (``scripts/setup.sh`` installs it).
@@ -107,6 +110,7 @@ def measure_raw(port: int, devices: int, per_device: int, tag: str, work: Path) 
         sub.ready()
         _pause([sub], signal.SIGSTOP)
         sent = _publish_batch(port, devices, per_device, f"raw{tag}")
+        cpu0 = _cpu(_tree([sub]))
         t0 = time.time()
         _pause([sub], signal.SIGCONT)
         last = {"count": 0, "t": t0}
@@ -115,10 +119,20 @@ def measure_raw(port: int, devices: int, per_device: int, tag: str, work: Path) 
             line = sub.proc.stdout.readline()
             if line.startswith("{") and '"count"' in line:
                 last = json.loads(line)
+        cpu = _cpu(_tree([sub])) - cpu0
     finally:
         sub.stop()
     return {"messages": sent, "received": last["count"], "seconds": round(last["t"] - t0, 4),
-            "msgs_per_s": round(last["count"] / (last["t"] - t0), 1)}
+            "msgs_per_s": round(last["count"] / (last["t"] - t0), 1), "cpu_us_per_msg": round(1e6 * cpu / sent, 1)}
+
+
+def _tree(procs) -> list:
+    """The consumer processes with their children (the registry's MQTT receiver process)."""
+    out = []
+    for p in procs:
+        proc = psutil.Process(p.proc.pid)
+        out += [proc, *proc.children(recursive=True)]
+    return out
 
 
 def _health(url: str) -> dict:
@@ -148,6 +162,8 @@ def measure_registry(port: int, devices: int, per_device: int, tag: str, db_url:
         _pause(procs, signal.SIGSTOP)
         prefix = f"reg{tag}"
         sent = _publish_batch(port, devices, per_device, prefix)
+        tree = _tree(procs)
+        cpu0 = _cpu(tree)
         t0 = time.time()
         _pause(procs, signal.SIGCONT)
         deadline = time.monotonic() + 300
@@ -158,6 +174,7 @@ def measure_registry(port: int, devices: int, per_device: int, tag: str, db_url:
                 break
             time.sleep(0.05)
         t1 = time.time()
+        cpu = _cpu(tree) - cpu0  # includes the health polls (20/s) the clock above needs
         time.sleep(0.5)
         now = [_health(u) for u in urls]
         # statuses are not shared: every worker must have stored every birth and death of the batch
@@ -179,7 +196,8 @@ def measure_registry(port: int, devices: int, per_device: int, tag: str, db_url:
         for p in procs:
             p.stop()
     return {"workers": workers, "messages": sent, "stored": tel, "seconds": round(t1 - t0, 4),
-            "msgs_per_s": round(tel / (t1 - t0), 1), "per_worker_telemetry": [
+            "msgs_per_s": round(tel / (t1 - t0), 1), "cpu_us_per_msg": round(1e6 * cpu / sent, 1),
+            "per_worker_telemetry": [
                 n["kinds"].get("telemetry", 0) - b["kinds"].get("telemetry", 0) for n, b in zip(now, before)],
             "devices": devices, "status_published": 2 * devices, "status_stored_per_worker": status,
             "status_lost": sum(2 * devices - x for x in status), "devices_offline_by_shutdown_status": shut,
@@ -202,11 +220,15 @@ def bench_ingest(args, work: Path) -> dict:
                                                       args.db_url, work, args.drop, int(who.split("_")[1][:-1])))
                 print(who, json.dumps(runs[who][-1]), flush=True)
     raw = statistics.median(r["msgs_per_s"] for r in runs["raw"])
-    out = {"baseline_raw_paho_msgs_per_s": raw, "target_ratio": 0.8}
+    out = {"baseline_raw_paho_msgs_per_s": raw, "target_ratio": 0.8,
+           "baseline_cpu_us_per_msg": statistics.median(r["cpu_us_per_msg"] for r in runs["raw"])}
     for who in runs:
         if who != "raw":
             med = statistics.median(r["msgs_per_s"] for r in runs[who])
             out[who] = {"stored_msgs_per_s": med, "ratio": round(med / raw, 3),
+                        "ratios_per_repeat": [round(r["msgs_per_s"] / b["msgs_per_s"], 3)
+                                              for r, b in zip(runs[who], runs["raw"])],
+                        "cpu_us_per_msg": statistics.median(r["cpu_us_per_msg"] for r in runs[who]),
                         "status_lost": sum(r["status_lost"] for r in runs[who]),
                         "all_telemetry_stored": all(r["stored"] == r["messages"] for r in runs[who]),
                         "last_wills_seen": all(r["offline_by_last_will"] == r["dropped"] for r in runs[who])}

@@ -59,7 +59,7 @@ def api(registry: str, method: str, path: str, *, body: dict | None = None, para
         cls = error_class(err.get("code", ""))
         if cls is EdgekitError and r.status_code < 500:
             cls = UsageError
-        raise cls(err.get("message", f"HTTP {r.status_code}"), hint=err.get("hint"))
+        raise cls(err.get("message", f"HTTP {r.status_code}"), hint=err.get("hint"), **(err.get("details") or {}))
     return data
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .core import bundle, trust
 from .core.atomic import atomic_write_json, read_json
-from .core.errors import UsageError
+from .core.errors import TrustError, UsageError
 from .core.profiles import load_profile
 from .keys import KeyStore
 
@@ -73,10 +73,50 @@ def release_artifact(artifact_dir: Path, store: KeyStore, out_dir: Path, *, name
         members[manifest["artifact"]] = artifact
     if (artifact_dir / bundle.DRIFT_MEMBER).exists():  # optional, signed like every member
         members[bundle.DRIFT_MEMBER] = (artifact_dir / bundle.DRIFT_MEMBER).read_bytes()
+    return _sign_and_write(manifest, members, store, out_dir, expiry_days)
+
+
+def _sign_and_write(manifest: dict, members: dict[str, bytes], store: KeyStore, out_dir: Path,
+                    expiry_days: float) -> Path:
     members[bundle.MANIFEST_MEMBER] = json.dumps(manifest, indent=1, sort_keys=True).encode()
     md = trust.build_targets(members, version=manifest["model"]["release"], expires=trust.utc_in(expiry_days),
                              custom={bundle.MANIFEST_MEMBER: bundle.signed_custom(manifest)})
     trust.sign(md, store.signers("targets"))
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return bundle.write_bundle(out_dir / bundle.bundle_file_name(manifest), manifest, members, md.to_bytes(),
                                roots=store.root_chain())
+
+
+def rerelease_bundle(bundle_path: Path, store: KeyStore, out_dir: Path, *, above: int = 0,
+                     expiry_days: float = 180) -> Path:
+    """Sign the content of an existing bundle again under a new release counter, higher than ``above``
+    and than every release this key store signed for the model — how a fleet goes back more than one
+    release: devices refuse an older counter (anti-rollback), so the earlier model is released anew
+    (ADR 0011). The bundle is verified against this key store's root first (signature and every
+    member hash, expiry ignored): only content this key store signed is ever signed again. The
+    manifest keeps name and version and records ``rereleased_from`` (the release it copies)."""
+    import tempfile
+
+    manifest = bundle.peek_manifest(bundle_path)
+    if manifest.get("encryption"):
+        raise UsageError(f"{Path(bundle_path).name} is encrypted to its devices and cannot be re-signed as is",
+                         hint="Release the converted artifacts again with `edgekit release --release N --encrypt-to "
+                              "...` (N above the newest release of the model).")
+    with tempfile.TemporaryDirectory(prefix="edgekit-rerelease-") as tmp:
+        root = trust.load_root(store.root_bytes())
+        try:
+            vb = bundle.open_bundle(bundle_path, root, Path(tmp) / "content", allow_expired=True)
+        except TrustError as exc:
+            raise TrustError(f"{Path(bundle_path).name} is not signed by this key store ({store.directory}): "
+                             f"{exc.message}", hint="Re-sign with the key store that released it, or release the "
+                             "converted artifacts again with `edgekit release`.") from None
+        members = {p.name: p.read_bytes() for p in vb.directory.iterdir()
+                   if p.is_file() and p.name != bundle.MANIFEST_MEMBER}
+        old = vb.manifest
+    counters = read_json(store.directory / "releases.json", {})
+    release = next_release(store, old["model"]["name"], max(above, counters.get(old["model"]["name"], 0)) + 1)
+    manifest = {**old, "model": {**old["model"], "release": release},
+                "rereleased_from": {"release": old["model"]["release"], "created_at": old["created_at"]},
+                "created_at": time.time()}
+    return _sign_and_write(manifest, members, store, out_dir, expiry_days)

@@ -46,6 +46,8 @@ TREE = {
     e.AuthError: (e.EdgekitError, 10),
     e.ForbiddenError: (e.AuthError, 10),
     e.RollbackUnavailableError: (e.InstallError, 7),
+    e.DatabaseSchemaError: (e.ConfigError, 3),
+    e.RolloutConflictError: (e.UsageError, 2),
 }
 
 

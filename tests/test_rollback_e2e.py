@@ -100,8 +100,7 @@ def test_rollout_rollback_on_real_agents_and_replay_refused(registry, agent_fact
             states = [(e["state"], e["ok"]) for e in events if e["deployment_id"] == events[-1]["deployment_id"]]
             assert ("rolling_back", True) in states and states[-1] == ("rolled_back", True), states
             assert serving_version(conn, dev) == "1.0.0"
-        devs = {d["id"]: d for d in api(registry, "GET", "/api/v1/fleet")["devices"]}
-        assert {devs[d]["version"] for d in DEVICES} == {"1.0.0"}
+        wait_fleet_version(registry, "1.0.0")
 
         # a captured rollback command replayed to the device is refused, with its own code
         payload = captured.get(timeout=5)
@@ -125,3 +124,56 @@ def test_rollout_rollback_on_real_agents_and_replay_refused(registry, agent_fact
         assert serving_version(conn, "real-1") == "1.0.0"
     finally:
         conn.close()
+
+
+def test_rollback_two_releases_back_resigns_and_real_agents_install_it(registry, agent_factory, make_bundle, broker,
+                                                                     keystore):
+    """Beyond the previous slot (ADR 0011): after 1.0.0 → 2.0.0 → 3.0.0 a device's slots hold 3.0.0 and
+    2.0.0. Going back to 1.0.0 is a new rollout of 1.0.0, signed again with a release counter above 3
+    (``--keys``); the real agents download, verify, health-check and commit it."""
+    for i, v in enumerate(("1.0.0", "2.0.0", "3.0.0"), 1):
+        upload(make_bundle("raspberry-pi-4", v, release=i), registry.url)
+        api(registry, "POST", f"/api/v1/models/digits-cnn/versions/{v}", {"stage": "released"})
+    for dev in DEVICES:
+        agent_factory(dev, "raspberry-pi-4")
+    conn = MqttConnection(f"test-rb2-{uuid.uuid4().hex[:6]}", "127.0.0.1", broker.port)
+    conn.connect()
+    try:
+        deadline = time.monotonic() + 20
+        while len([d for d in api(registry, "GET", "/api/v1/fleet")["devices"] if d["online"]]) < 2:
+            assert time.monotonic() < deadline, "agents did not come online"
+            time.sleep(0.1)
+        for v in ("1.0.0", "2.0.0"):
+            rollout(registry, v)
+        rid = rollout(registry, "3.0.0")
+        runner = CliRunner()
+        args = ["rollout", "rollback", rid, "--to", "digits-cnn@1.0.0", "--registry", registry.url, "--timeout", "60"]
+        res = runner.invoke(cli, args)
+        assert res.exit_code == 5 and "release 1 is not above release 3" in res.output, res.output
+        res = runner.invoke(cli, args + ["--keys", str(keystore.directory), "--json"], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.output)
+        assert out["resigned"][0]["release"] > 3 and out["rollback_of"] == rid
+        done = wait_rollout(registry, out["id"], ("succeeded", "aborted"))
+        assert done["state"] == "succeeded" and done["counts"] == {"succeeded": 2}, done
+        for dev in DEVICES:
+            assert serving_version(conn, dev) == "1.0.0"
+            events = api(registry, "GET", f"/api/v1/events?device={dev}")["events"]
+            dep = events[-1]["deployment_id"]
+            states = [e["state"] for e in events if e["deployment_id"] == dep]
+            assert states[0] == "downloading" and "health_check" in states and states[-1] == "committed", states
+        wait_fleet_version(registry, "1.0.0")
+    finally:
+        conn.close()
+
+
+def wait_fleet_version(registry, version, timeout=15.0):
+    """The registry learns what a device serves from its next telemetry/status, not from the event."""
+    deadline = time.monotonic() + timeout
+    while True:
+        devs = {d["id"]: d for d in api(registry, "GET", "/api/v1/fleet")["devices"]}
+        seen = {devs[d]["version"] for d in DEVICES}
+        if seen == {version}:
+            return
+        assert time.monotonic() < deadline, f"registry still shows {seen}"
+        time.sleep(0.1)

@@ -310,6 +310,41 @@ def token_revoke(db_url: str, token_id: str, as_json: bool) -> None:
     run_guarded(body, as_json)
 
 
+@registry_group.command("migrate")
+@_db_option
+@json_option
+def registry_migrate(db_url: str, as_json: bool) -> None:
+    """Upgrade the registry database in place to this edgekit's schema version, keeping its data.
+
+    `registry serve` does the same on start (once, under the database's write lock, so workers starting
+    together are safe); run this to upgrade ahead of a rollout of new registry workers, or to check a
+    database. A database written by a *newer* edgekit is refused (exit 3) and left untouched.
+
+    \b
+    Examples:
+      edgekit registry migrate --db sqlite:///registry.db
+      edgekit registry migrate --db postgresql+psycopg://edgekit@db/edgekit --json
+    """
+    def body():
+        from edgekit.registry import db, migrations
+
+        engine = db.make_engine(db_url)
+        try:
+            out = migrations.upgrade(engine)
+        finally:
+            engine.dispose()
+        if as_json:
+            return emit_json(out)
+        if out["from"] is None:
+            click.echo(f"created a new registry database at schema version {out['to']}")
+        elif out["applied"]:
+            click.echo(f"upgraded the registry database from schema version {out['from']} to {out['to']} "
+                       f"(steps {', '.join(map(str, out['applied']))})")
+        else:
+            click.echo(f"the registry database is at schema version {out['to']}: nothing to do")
+    run_guarded(body, as_json)
+
+
 def register(cli: click.Group) -> None:
     from . import inventory_cmd, rollout_cmd
 

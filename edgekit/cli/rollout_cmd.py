@@ -30,6 +30,13 @@ Examples:
       --abort-if 'failure_rate>5%' --abort-if 'parity_failures>0' --abort-if 'p95_latency>1.2x'
   edgekit deploy digits-cnn@2.0.0 --to 'profile=raspberry-pi-4,tag=kitchen' --rate 600/min --wait
   edgekit deploy digits-cnn@2.0.0 --to group:canary --timeout 120 --json
+
+\b
+One active rollout per device: if selected devices are still in a running or paused rollout, the
+deploy is refused (exit 2) and the error names those rollouts and devices. --supersede hands them
+over instead: the older rollout stops for those devices (its pending notices are never sent, a later
+rollback of it leaves them alone) and ends cancelled if it has no other device left.
+  edgekit deploy digits-cnn@2.1.0 --to group:canary --supersede
 """
 
 
@@ -41,10 +48,12 @@ Examples:
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds before a silent device counts as failed.")
 @click.option("--rate", default=None, help="Notice rate limit, e.g. 600/min (default: unlimited).")
 @click.option("--wait/--no-wait", default=False, help="Follow the rollout until it ends (exit 1 unless it succeeds).")
+@click.option("--supersede", is_flag=True, help="Take over selected devices that are in another active rollout "
+              "(cancels that rollout for them) instead of refusing.")
 @registry_option
 @json_option
 def deploy(ref: str, selector: str, waves: str, abort_if: tuple[str, ...], timeout: float, rate: str | None,
-           wait: bool, registry: str, as_json: bool) -> None:
+           wait: bool, supersede: bool, registry: str, as_json: bool) -> None:
     def body():
         from edgekit.registry import rules
 
@@ -55,10 +64,12 @@ def deploy(ref: str, selector: str, waves: str, abort_if: tuple[str, ...], timeo
         rules.parse_rate(rate)
         out = api(registry, "POST", "/api/v1/rollouts",
                   body={"model": model, "version": version, "selector": selector, "waves": waves,
-                        "abort_if": list(abort_if), "timeout_s": timeout, "rate": rate})
+                        "abort_if": list(abort_if), "timeout_s": timeout, "rate": rate, "supersede": supersede})
         if not as_json:
             click.echo(f"rollout {out['id']}: {model}@{version} to {out['total']} device(s) in waves "
                        f"{out['wave_sizes']} — follow it with `edgekit rollout status {out['id']}`")
+            if out.get("reason"):
+                click.echo(f"  {out['reason']}")
         if wait:
             out = _follow(registry, out["id"], as_json)
         if as_json:
@@ -76,6 +87,7 @@ def _line(r: dict) -> str:
     c = r["counts"]
     return (f"{r['id']}  {r['state']:<12} wave {r['wave']}/{len(r['waves'])}  "
             + " ".join(f"{k}={c.get(k, 0)}" for k in ("pending", "sent", "succeeded", "failed", "timed_out"))
+            + (f" superseded={c['superseded']}" if c.get("superseded") else "")
             + (f"  — {r['reason']}" if r.get("reason") else ""))
 
 
@@ -125,10 +137,12 @@ def rollout_status(rollout_id: str | None, devices: bool, registry: str, as_json
         r = api(registry, "GET", f"/api/v1/rollouts/{rollout_id}")
         if as_json:
             return emit_json(r)
-        click.echo(f"{r['model']}@{r['version']} → {r['selector']}  rules: {', '.join(r['rules']) or 'none'}")
+        click.echo(f"{r['model']}@{r['version']} → {r['selector']}  rules: {', '.join(r['rules']) or 'none'}"
+                   + (f"  (rolls back {r['rollback_of']})" if r.get("rollback_of") else ""))
         click.echo(_line(r))
         if devices:
-            click.echo(table(r["targets"], ["device", "profile", "wave", "state", "error_code", "previous", "rollback"]))
+            click.echo(table(r["targets"], ["device", "profile", "wave", "state", "error_code", "previous", "rollback",
+                                            "superseded_by"]))
     run_guarded(body, as_json)
 
 
@@ -150,10 +164,109 @@ _action("pause", "Stop sending notices (answers of devices already notified are 
 _action("resume", "Continue a paused rollout.\n\nExample: edgekit rollout resume 3f2a9c01de")
 _action("cancel", "End a rollout: no more notices; devices already updated keep the new version.\n\n"
                   "Example: edgekit rollout cancel 3f2a9c01de")
-_action("rollback", "Order every device this rollout updated to switch back to its previous verified slot "
-                    "(a signed cmd/rollback: health-checked on the device, no download; the device's "
-                    "anti-rollback floor stays at the release it rolled back from).\n\n"
-                    "Example: edgekit rollout rollback 3f2a9c01de")
+ROLLBACK_HELP = """Undo rollout ROLLOUT_ID on the devices it updated.
+
+\b
+Without --to: every updated device switches back to its previous verified slot (a signed
+cmd/rollback: health-checked on the device, no download; the device's anti-rollback floor stays
+at the release it rolled back from). That reaches one release back.
+\b
+With --to MODEL@VERSION: any earlier release. The registry starts a new rollout of it to those
+devices (it supersedes this rollout for them; `edgekit rollout status NEW_ID` follows it). Devices
+download and verify it like any release, so its release counter must be above every release of
+the model they may have run. An older counter is refused (exit 5) unless --keys names the key store
+that released it: the CLI then verifies that release's bundles against the key store, signs the
+same content again as the next release counter, uploads it, and starts the rollout.
+
+\b
+Examples:
+  edgekit rollout rollback 3f2a9c01de
+  edgekit rollout rollback 3f2a9c01de --to digits-cnn@1.0.0 --keys keys
+  edgekit rollout rollback 3f2a9c01de --to digits-cnn@1.0.0 --waves 10%,100% --timeout 120 --json
+"""
+
+
+@rollout.command("rollback", help=ROLLBACK_HELP)
+@click.argument("rollout_id")
+@click.option("--to", "to_ref", metavar="MODEL@VERSION", default=None, help="Go back to this earlier release.")
+@click.option("--keys", "keys_dir", default=None, type=click.Path(file_okay=False, exists=True),
+              help="With --to: key store to re-sign the release with when its counter is too old.")
+@click.option("--waves", default="100%", show_default=True, help="With --to: waves of the new rollout.")
+@click.option("--timeout", default=300.0, show_default=True, help="With --to: seconds before a silent device fails.")
+@registry_option
+@json_option
+def rollout_rollback(rollout_id: str, to_ref: str | None, keys_dir: str | None, waves: str, timeout: float,
+                     registry: str, as_json: bool) -> None:
+    def body():
+        if not to_ref:
+            if keys_dir:
+                from edgekit.core.errors import UsageError
+
+                raise UsageError("--keys only applies with --to", hint="e.g. --to digits-cnn@1.0.0 --keys keys")
+            r = api(registry, "POST", f"/api/v1/rollouts/{rollout_id}/rollback")
+            return emit_json(r) if as_json else click.echo(_line(r))
+        from edgekit.registry import rules
+
+        model, version = split_ref(to_ref)
+        rules.parse_waves(waves)
+        resigned = _resign_if_needed(registry, rollout_id, model, version, keys_dir, quiet=as_json) if keys_dir else []
+        r = api(registry, "POST", f"/api/v1/rollouts/{rollout_id}/rollback",
+                body={"to": to_ref, "timeout_s": timeout, "waves": waves})
+        if as_json:
+            return emit_json({**r, "resigned": resigned})
+        click.echo(f"rollout {r['id']}: back to {to_ref} on {r['total']} device(s) of rollout {rollout_id} — "
+                   f"follow it with `edgekit rollout status {r['id']}`")
+    run_guarded(body, as_json)
+
+
+def _resign_if_needed(registry: str, rid: str, model: str, version: str, keys_dir: str, quiet: bool) -> list[dict]:
+    """Re-release ``model@version`` for the profiles of ``rid``'s devices whose artifact counter is not above
+    every other release of the model the registry holds; upload the result. Returns what was re-signed."""
+    import tempfile
+    from pathlib import Path
+
+    import requests
+
+    from edgekit.core.bundle import peek_manifest
+    from edgekit.core.errors import TransportError, UsageError
+    from edgekit.deploy import upload
+    from edgekit.keys import load_keystore
+    from edgekit.release import rerelease_bundle
+
+    store = load_keystore(keys_dir)
+    ro = api(registry, "GET", f"/api/v1/rollouts/{rid}")
+    profiles = sorted({t["profile"] for t in ro["targets"] if t["state"] in ("succeeded", "sent")
+                       and not t.get("superseded_by")})
+    versions = api(registry, "GET", f"/api/v1/models/{model}")["versions"]
+    chosen = next((v for v in versions if v["version"] == version), None)
+    if chosen is None:
+        raise UsageError(f"unknown model version {model}@{version}", hint=f"`edgekit models show {model}` lists them.")
+    newest = max((a["release"] for v in versions for a in v["artifacts"]), default=0)
+    done = []
+    with tempfile.TemporaryDirectory(prefix="edgekit-resign-") as tmp:
+        for art in (a for a in chosen["artifacts"] if a["profile"] in profiles):
+            floor = max((a["release"] for v in versions if v["version"] != version for a in v["artifacts"]
+                         if a["profile"] == art["profile"]), default=0)
+            if art["release"] > floor:
+                continue
+            src = Path(tmp) / f"{art['sha256']}.bundle"
+            try:
+                with requests.get(art["url"], stream=True, timeout=60) as resp:
+                    resp.raise_for_status()
+                    with open(src, "wb") as fh:
+                        for chunk in resp.iter_content(1 << 20):
+                            fh.write(chunk)
+            except requests.RequestException as exc:
+                raise TransportError(f"cannot download {art['url']}: {exc}") from None
+            out = rerelease_bundle(src, store, Path(tmp) / art["profile"], above=newest)
+            stored = upload(out, registry)
+            release = peek_manifest(out)["model"]["release"]
+            newest = max(newest, release)
+            done.append({"profile": art["profile"], "from_release": art["release"], "release": release,
+                         "sha256": stored["sha256"]})
+            if not quiet:
+                click.echo(f"re-signed {model}@{version} for {art['profile']}: release {art['release']} → {release}")
+    return done
 
 
 @click.group("models")

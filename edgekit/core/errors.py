@@ -13,9 +13,11 @@ Tree::
 
     EdgekitError                      exit 1   generic failure
     ├── UsageError                    exit 2   bad arguments / missing files given by the user
+    │   └── RolloutConflictError               devices already in an active rollout (HTTP 409)
     ├── ConfigError                   exit 3   malformed config, profile or key store
     │   ├── ProfileError                       a hardware profile is unknown or invalid
-    │   └── PkiError                           fleet CA / device certificate problem
+    │   ├── PkiError                           fleet CA / device certificate problem
+    │   └── DatabaseSchemaError                registry database newer than this edgekit
     ├── ModelError                    exit 4   model cannot be loaded / converted / is unsupported
     │   ├── UnsupportedOpError                 an op the target runtime lacks (names node + op)
     │   ├── ParityError                        an artifact does not answer like its reference
@@ -273,3 +275,20 @@ class RollbackUnavailableError(InstallError):
     code = "rollback_unavailable"
     default_hint = ("A device can only roll back to the slot it already verified: deploy the wanted release "
                     "again with `edgekit deploy` instead.")
+
+
+# -- registry schema versions, overlapping rollouts (issue 6 follow-up, ADR 0011) -------------------
+class DatabaseSchemaError(ConfigError):
+    """The registry database cannot be used by this edgekit (e.g. written by a newer version)."""
+
+    code = "db_schema"
+    default_hint = "Run the edgekit version that wrote this database, or point --db at another database."
+
+
+class RolloutConflictError(UsageError):
+    """A new rollout selects devices that an active (running/paused) rollout still owns (HTTP 409)."""
+
+    code = "rollout_conflict"
+    http_status = 409
+    default_hint = ("Pass --supersede to cancel the older rollout(s) for those devices, narrow --to, or pause/cancel "
+                    "the older rollout first (`edgekit rollout cancel ID`).")

@@ -54,13 +54,15 @@ def validate(data: Any, schema: dict, prefix: str = "", optional_sections: froze
     if not allow_unknown:
         errors += [f"{prefix}{key}: unknown field" for key in data if key not in schema]
     for key, spec in schema.items():
-        path = f"{prefix}{key}"
         if key not in data:
             required = spec[1] if isinstance(spec, tuple) else key not in optional_sections
             if required:
-                errors.append(f"{path}: missing required field")
+                errors.append(f"{prefix}{key}: missing required field")
             continue
         value = data[key]
+        if type(spec) is tuple and type(value) is spec[0] and spec[2] is None:
+            continue  # the common case, kept cheap: MQTT ingest validates every message (exact type, no check)
+        path = f"{prefix}{key}"
         if isinstance(spec, dict):
             errors += validate(value, spec, path + ".", optional_sections, allow_unknown) if isinstance(value, dict) \
                 else [f"{path}: must be a table"]

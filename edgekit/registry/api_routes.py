@@ -11,9 +11,12 @@
     POST /api/v1/groups/{name}                  {"add": [...], "remove": [...]}
     GET  /api/v1/rollouts                       all rollouts, newest first
     POST /api/v1/rollouts                       {"model", "version", "selector", "waves", "abort_if",
-                                                 "timeout_s", "rate_per_min"}
+                                                 "timeout_s", "rate_per_min", "supersede"}; 409 if
+                                                 selected devices are in an active rollout
     GET  /api/v1/rollouts/{id}                  one rollout with its targets
     POST /api/v1/rollouts/{id}/{action}         pause | resume | cancel | rollback
+    POST /api/v1/rollouts/{id}/rollback         {"to": "MODEL@VERSION", "timeout_s", "waves"}: a new
+                                                 rollout of that earlier release (201; ADR 0011)
 
 Errors are ``{"error": {code, message, hint}}`` from the edgekit exception tree, HTTP 400
 (bad input) or 404 (unknown thing). Handlers are plain functions of (server, match, query, body).
@@ -43,6 +46,13 @@ def _positive(value) -> float | None:
     return float(value)
 
 
+def _flag(body: dict, key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise UsageError(f"{key!r} must be true or false, got {value!r}", hint="See /api/v1/openapi.json for the fields.")
+    return value
+
+
 def _create_rollout(srv, m, q, body) -> tuple[int, dict]:
     for key in ("model", "version", "selector"):
         if not isinstance(body.get(key), str):
@@ -52,12 +62,25 @@ def _create_rollout(srv, m, q, body) -> tuple[int, dict]:
     out = rollout_store.create(srv.engine, model=body["model"], version=body["version"], selector=body["selector"],
                                waves=rules.parse_waves(waves),
                                abort_if=_list(body, "abort_if"), timeout_s=float(body.get("timeout_s", 300)),
-                               rate_per_min=rules.parse_rate(body.get("rate")) or _positive(body.get("rate_per_min")))
+                               rate_per_min=rules.parse_rate(body.get("rate")) or _positive(body.get("rate_per_min")),
+                               supersede=_flag(body, "supersede"))
     srv.wake_rollouts()
     return 201, out
 
 
 def _act(srv, m, q, body) -> tuple[int, dict]:
+    if m.group(2) == "rollback" and body.get("to") is not None:  # to an earlier release: a new rollout (ADR 0011)
+        from edgekit.registry_client import split_ref
+
+        from .release_rollback import rollback_to
+
+        if not isinstance(body["to"], str):
+            raise UsageError("'to' must be a string MODEL@VERSION", hint="e.g. {\"to\": \"digits-cnn@1.0.0\"}")
+        waves = body.get("waves", "100")
+        out = rollback_to(srv.engine, m.group(1), *split_ref(body["to"]), timeout_s=float(body.get("timeout_s", 300)),
+                          waves=rules.parse_waves(waves if isinstance(waves, str) else ",".join(map(str, waves))))
+        srv.wake_rollouts()
+        return 201, out
     out = rollout_store.act(srv.engine, m.group(1), m.group(2))
     srv.wake_rollouts()
     return 200, out
@@ -92,7 +115,7 @@ def dispatch(srv, method: str, path: str, query: dict, body: dict) -> tuple[int,
             try:
                 return fn(srv, m, query, body)
             except EdgekitError as exc:
-                status = 404 if exc.message.startswith("unknown") else 400
+                status = getattr(exc, "http_status", None) or (404 if exc.message.startswith("unknown") else 400)
                 return status, {"error": exc.to_dict()}
             except (TypeError, ValueError) as exc:  # a field of the wrong type in the JSON body
                 return 400, {"error": UsageError(f"bad request body: {exc}",

@@ -134,4 +134,18 @@ def artifacts_for(engine: Engine, model: str, version: str) -> tuple[str, dict[s
                              hint="Upload its bundles first (`edgekit push` or POST /api/v1/artifacts); "
                                   "`edgekit models ls` lists what the registry has.")
         arts = s.scalars(select(ModelArtifact).where(ModelArtifact.version_id == v.id))
-        return v.stage, {a.profile: {"sha256": a.sha256, "length": a.length, "manifest": a.manifest} for a in arts}
+        return v.stage, {a.profile: {"sha256": a.sha256, "length": a.length, "manifest": a.manifest,
+                                     "release": a.release} for a in arts}
+
+
+def newest_releases(engine: Engine, model: str, *, besides: str | None = None) -> dict[str, int]:
+    """profile → the highest release counter the registry holds for ``model`` (on any version but
+    ``besides``): the anti-rollback floor a device of that profile may have reached."""
+    with Session(engine) as s:
+        q = (select(ModelArtifact.profile, ModelArtifact.release, ModelVersion.version)
+             .join(ModelVersion, ModelVersion.id == ModelArtifact.version_id).where(ModelVersion.model == model))
+        out: dict[str, int] = {}
+        for profile, release, version in s.execute(q):
+            if version != besides:
+                out[profile] = max(out.get(profile, 0), release)
+        return out

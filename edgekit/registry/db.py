@@ -86,6 +86,17 @@ def _json_serializer(obj: Any) -> str:
 
 
 def open_db(url: str) -> Engine:
+    """An engine on ``url`` whose schema is this edgekit's: created when fresh, upgraded in place when
+    older, :class:`~edgekit.core.errors.DatabaseSchemaError` when newer (ADR 0011)."""
+    from . import migrations
+
+    engine = make_engine(url)
+    migrations.upgrade(engine)
+    return engine
+
+
+def make_engine(url: str) -> Engine:
+    """The engine alone (SQLite: WAL, synchronous=NORMAL, writers wait for each other); no schema work."""
     engine = create_engine(url, future=True, json_serializer=_json_serializer)
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
@@ -95,10 +106,19 @@ def open_db(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")  # concurrent writers (CLI, workers) wait, not fail
             cur.close()
-    from . import catalog, inventory, rollout_store, tokens  # noqa: F401  (their tables join Base.metadata)
-
-    Base.metadata.create_all(engine)
     return engine
+
+
+def serialize_writers(bind: Session | Any, key: int) -> None:
+    """Make the current transaction the database's only writer until it ends, so a check and the
+    write that depends on it cannot interleave with another process doing the same: ``BEGIN
+    IMMEDIATE`` on SQLite (call it before anything is written in the transaction), an advisory
+    transaction lock on ``key`` on PostgreSQL. ``bind`` is a Session or a Connection."""
+    conn = bind.connection() if isinstance(bind, Session) else bind
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({int(key)})")
 
 
 def store_batch(engine: Engine, batch: Iterable[tuple[str, str, str, dict]]) -> int:
@@ -146,9 +166,9 @@ def store_batch(engine: Engine, batch: Iterable[tuple[str, str, str, dict]]) -> 
             dev.last_seen = max(dev.last_seen or 0.0, ts)
         s.flush()
         if telemetry:
-            s.execute(_insert_once(s, TelemetryRow), telemetry)
+            _insert_many(s, TelemetryRow, telemetry)
         if events:
-            s.execute(_insert_once(s, EventRow), events)
+            _insert_many(s, EventRow, events)
     return len(batch)
 
 
@@ -162,6 +182,27 @@ def _insert_once(s: Session, model):
     else:  # other databases: the unique constraint still refuses duplicates (the batch is split)
         return insert(model.__table__)
     return dialect_insert(model.__table__).on_conflict_do_nothing()
+
+
+_COMPILED: dict[tuple, tuple[str, tuple | None]] = {}
+
+
+def _insert_many(s: Session, model, rows: list[dict]) -> None:
+    """:func:`_insert_once` for many rows as one driver-level ``executemany``.
+
+    Ingest writes thousands of rows a second; SQLAlchemy's per-row parameter processing cost
+    about as much CPU as the database itself. The statement is compiled once per dialect, and
+    ``payload`` is bound as the JSON text the device sent (``RawJSON.text``), not serialized again.
+    """
+    conn = s.connection()
+    cols = tuple(rows[0])
+    key = (conn.dialect.name, model.__tablename__, cols)
+    if key not in _COMPILED:
+        compiled = _insert_once(s, model).compile(dialect=conn.dialect, column_keys=list(cols))
+        _COMPILED[key] = (str(compiled), tuple(compiled.positiontup) if compiled.positional else None)
+    sql, order = _COMPILED[key]
+    rows = [{**r, "payload": _json_serializer(r["payload"])} for r in rows]
+    conn.exec_driver_sql(sql, [tuple(r[k] for k in order) for r in rows] if order else rows)
 
 
 def _apply_telemetry(dev: Device, msg: dict | None) -> None:

@@ -19,8 +19,9 @@ event rows are unique per device, seq and ts; statuses are ordered by the device
 
 from __future__ import annotations
 
-import logging
 import collections
+import functools
+import logging
 import queue
 import threading
 import time
@@ -45,17 +46,27 @@ def ingest_filters(shared_group: str | None) -> list:
     return filters + [(topics.fleet_filter(k, shared_group=shared_group), 1) for k in ("telemetry", "events")]
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _route(topic: str) -> tuple[str, str, str]:
+    """``(kind, fleet, device)`` of a device topic; cached because every device reuses its few topics
+    (a MessageError is raised, not cached)."""
+    t = topics.parse(topic)
+    return t.kind, t.fleet, t.device
+
+
 class Ingest:
     """``receiver="thread"``: paho runs in this process. ``"process"``: a child process holds the MQTT
     session and forwards raw messages (see :mod:`.receiver`); ``conn`` is then a plain connection
     used only to publish (rollout notices)."""
 
     def __init__(self, engine, host: str, port: int, *, client_id: str = "edgekit-registry",
-                 shared_group: str | None = None, batch: int = 500, linger_s: float = 0.05, tls=None,
-                 receiver: str = "thread") -> None:
+                 shared_group: str | None = None, batch: int = 2000, linger_s: float = 0.05, tls=None,
+                 receiver: str = "thread", receive_maximum: int = 65535) -> None:
         self.engine = engine
-        # the broker may have several batches in flight to us, unacknowledged, while one commits
-        receive_maximum = min(65535, 8 * batch)
+        # Unacknowledged messages the broker may have in flight to us (MQTT 5 Receive Maximum). Acks
+        # wait for the commit, so a small window makes ingest wait on round trips: 8 × 500 held one
+        # worker at ~0.6× a raw subscriber. The MQTT maximum (65535 × a few hundred bytes, held by the
+        # receiver until committed) lets the broker stream while batches commit (ADR 0011).
         self.receiver = None
         if receiver == "process":
             from .receiver import ProcessReceiver
@@ -85,17 +96,21 @@ class Ingest:
     def _decode(self, topic: str, payload: bytes):
         """``(kind, fleet, device, message)`` for store_batch, or None (counted, logged) if unusable."""
         try:
-            t = topics.parse(topic)
-            if t.kind not in SCHEMA_OF:
+            kind, fleet, device = _route(topic)
+            if kind not in SCHEMA_OF:
                 return None
-            msg = messages.loads(payload, SCHEMA_OF[t.kind])
-            if msg.get("device", t.device) != t.device:
+            try:  # decoded once: parsed from, and stored as, this text (oversize stays bytes: loads refuses it)
+                text = payload.decode() if len(payload) <= messages.MAX_PAYLOAD else payload
+            except UnicodeDecodeError as exc:
+                raise MessageError(f"{SCHEMA_OF[kind]}: payload is not UTF-8 ({exc})") from None
+            msg = messages.loads(text, SCHEMA_OF[kind])
+            if msg.get("device", device) != device:
                 raise MessageError(f"message names device {msg.get('device')!r} but came on {topic}")
         except MessageError as exc:
             self.rejected += 1
             log.warning("rejected message on %s: %s", topic, exc.message)
             return None
-        return (t.kind, t.fleet, t.device, db.RawJSON(msg, payload.decode()))
+        return (kind, fleet, device, db.RawJSON(msg, text))
 
     def _writer(self) -> None:
         collect, ack = ((self._collect_forwarded, self.receiver.ack) if self.receiver

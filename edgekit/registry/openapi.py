@@ -58,8 +58,8 @@ OPENAPI["paths"].update({
     "/api/v1/groups": {"get": _op("Groups and their devices")},
     "/api/v1/groups/{name}": {"post": _op("Add/remove group members: {add, remove}", ("name",), body=True)},
     "/api/v1/rollouts": {"get": _op("Rollouts, newest first"),
-                         "post": _op("Start a rollout: {model, version, selector, waves, abort_if, timeout_s, rate}",
-                                     body=True, ok="201")},
+                         "post": _op("Start a rollout: {model, version, selector, waves, abort_if, timeout_s, rate, "
+                                     "supersede}", body=True, ok="201")},
     "/api/v1/rollouts/{id}": {"get": _op("One rollout with its targets", ("id",))},
     "/api/v1/rollouts/{id}/{action}": {"post": _op("pause | resume | cancel | rollback", ("id", "action"))},
 })
@@ -73,3 +73,13 @@ for _path, _ops in OPENAPI["paths"].items():
             _op.setdefault("security", [{"bearer": []}])
             _op.setdefault("responses", {}).update({"401": {"description": "no or unknown/revoked token"},
                                                     "403": {"description": "the token's role is viewer"}})
+
+# ADR 0011: a rollout whose devices are in an active rollout is refused unless it supersedes them
+OPENAPI["paths"]["/api/v1/rollouts"]["post"]["responses"]["409"] = {
+    "description": "rollout_conflict: selected devices are in an active rollout (error.details.conflicts: "
+                   "rollout id -> devices); send supersede=true to take them over", "content": _JSON}
+OPENAPI["paths"]["/api/v1/rollouts/{id}/{action}"]["post"].update({
+    "summary": "pause | resume | cancel | rollback. rollback with {to: MODEL@VERSION, timeout_s, waves} starts a "
+               "new rollout of that earlier release to the devices this one updated (201); its release counter "
+               "must be above every other release of the model (else error code rollback)",
+    "requestBody": {"content": _JSON}})

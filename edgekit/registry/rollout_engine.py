@@ -29,7 +29,7 @@ from edgekit.deploy import TERMINAL_FAIL, TERMINAL_OK, make_notice, make_rollbac
 
 from . import catalog, rules
 from .db import Device, EventRow
-from .rollout_store import ACTIVE, FINISHED, Rollout, Target
+from .rollout_store import ACTIVE, DONE, FINISHED, Rollout, Target
 
 log = logging.getLogger("edgekit.registry.rollouts")
 
@@ -175,7 +175,7 @@ class RolloutEngine:
 
     def _next_wave_notices(self, s: Session, r: Rollout, now: float) -> list:
         wave_targets = list(s.scalars(select(Target).where(Target.rollout_id == r.id, Target.wave <= r.wave)))
-        if all(t.state in FINISHED for t in wave_targets):
+        if all(t.state in DONE for t in wave_targets):
             if r.wave + 1 >= len(r.wave_sizes):
                 r.state, r.updated = "succeeded", now
                 return []
@@ -183,7 +183,10 @@ class RolloutEngine:
             wave_targets = list(s.scalars(select(Target).where(Target.rollout_id == r.id, Target.wave <= r.wave)))
         out = []
         budget = self._budget(s, r, now)
-        for t in (t for t in wave_targets if t.state == "pending"):
+        pending = [t for t in wave_targets if t.state == "pending"]
+        if pending and budget > 0:  # read the artifacts afresh: a re-signed release replaces them (ADR 0011)
+            self._artifacts.pop((r.model, r.version), None)
+        for t in pending:
             if budget <= 0:
                 break
             notice = self._notice(t, r.model, r.version)

@@ -5,7 +5,8 @@ resumes exactly where it stopped. Does not send anything (see ``rollout_engine``
 Rollout states: running → succeeded | aborted | cancelled; running ⇄ paused;
 any of them except rolled_back → rolling_back → rolled_back.
 Target states: pending → sent → succeeded | failed | timed_out (``rollback_state`` likewise for
-the notice that puts the previous release back).
+the notice that puts the previous release back); pending | sent → superseded when a newer rollout
+takes the device over (``rollout_overlap``, ADR 0011).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from edgekit.core.errors import UsageError
 
-from . import catalog, inventory, rules
-from .db import Base
+from . import catalog, inventory, rollout_overlap, rules
+from .db import Base, serialize_writers
 
 ACTIVE = ("running", "paused", "rolling_back")
 FINISHED = ("succeeded", "failed", "timed_out")
+DONE = FINISHED + ("superseded",)  # nothing more to wait for (superseded: a newer rollout took the device)
+OVERLAP_LOCK = 0x6564676C  # PostgreSQL advisory lock id: creating rollouts (overlap check + insert)
 ACTIONS = {  # action → (states it applies to, new state)
     "pause": (("running",), "paused"),
     "resume": (("paused",), "running"),
@@ -49,6 +52,7 @@ class Rollout(Base):
     reason: Mapped[str | None] = mapped_column(String(512))
     created: Mapped[float] = mapped_column(Float)
     updated: Mapped[float] = mapped_column(Float)
+    rollback_of: Mapped[str | None] = mapped_column(String(16))  # schema 3: the rollout this one rolls back
 
 
 class Target(Base):
@@ -71,10 +75,15 @@ class Target(Base):
     rollback_state: Mapped[str | None] = mapped_column(String(16))
     rollback_deployment_id: Mapped[str | None] = mapped_column(String(64), index=True)
     rollback_sent_at: Mapped[float | None] = mapped_column(Float)
+    superseded_by: Mapped[str | None] = mapped_column(String(16))  # schema 3: the rollout that took it over
 
 
 def create(engine: Engine, *, model: str, version: str, selector: str, waves: list[float], abort_if: list[str],
-           timeout_s: float, rate_per_min: float | None) -> dict:
+           timeout_s: float, rate_per_min: float | None, supersede: bool = False, devices: list[str] | None = None,
+           rollback_of: str | None = None) -> dict:
+    """Create a running rollout. Devices already in an active rollout are refused
+    (:class:`RolloutConflictError`) unless ``supersede`` hands them over (:mod:`.rollout_overlap`).
+    ``devices`` narrows the selection to those ids (a rollback to an earlier release)."""
     rule_list = [rules.parse_rule(r) for r in abort_if]
     if timeout_s <= 0:
         raise UsageError(f"--timeout must be positive, got {timeout_s}", hint="Seconds before a silent device counts as failed, e.g. 300.")
@@ -82,7 +91,12 @@ def create(engine: Engine, *, model: str, version: str, selector: str, waves: li
     if stage != "released":
         raise UsageError(f"{model}@{version} is {stage}; only released versions can be rolled out",
                          hint=f"Release it first: `edgekit models stage {model}@{version} released`.")
+    wanted = devices
     devices = inventory.select_devices(engine, selector)
+    if wanted is not None:
+        keep = set(wanted)
+        devices = [d for d in devices if d["id"] in keep]
+        selector = f"devices of rollout {rollback_of}" if rollback_of else ",".join(f"id={d}" for d in sorted(keep))
     if not devices:
         raise UsageError(f"selector {selector!r} matches no device", hint="`edgekit fleet ls --to SELECTOR` previews it.")
     missing = sorted({d["profile"] or "unknown" for d in devices} - set(arts))
@@ -94,9 +108,16 @@ def create(engine: Engine, *, model: str, version: str, selector: str, waves: li
     sizes = rules.wave_sizes(len(order), waves)
     now = time.time()
     with Session(engine) as s, s.begin():
+        serialize_writers(s, OVERLAP_LOCK)  # the overlap check and the new targets form one step
+        found = rollout_overlap.conflicts(s, [d["id"] for d in order])
+        if found and not supersede:
+            raise rollout_overlap.refuse(found)
+        taken = rollout_overlap.supersede(s, found, rid, now) if found else {}
         s.add(Rollout(id=rid, model=model, version=version, selector=selector, waves=waves, wave_sizes=sizes,
                       rules=rule_list, timeout_s=timeout_s, rate_per_min=rate_per_min, state="running", wave=0,
-                      created=now, updated=now))
+                      created=now, updated=now, rollback_of=rollback_of,
+                      reason=(f"superseded {', '.join(f'{n} device(s) of {o}' for o, n in taken.items())}"
+                              if taken else None)))
         for i, d in enumerate(order):
             wave = next(w for w, k in enumerate(sizes) if i < k)
             s.add(Target(rollout_id=rid, device=d["id"], fleet=d["fleet"], profile=d["profile"], wave=wave,
@@ -124,7 +145,8 @@ def act(engine: Engine, rid: str, action: str) -> dict:
         r.state, r.updated = new, time.time()
         if action == "rollback":
             r.reason = (r.reason + "; " if r.reason else "") + "rollback requested"
-            for t in s.scalars(select(Target).where(Target.rollout_id == rid, Target.state.in_(("succeeded", "sent")))):
+            for t in s.scalars(select(Target).where(Target.rollout_id == rid, Target.state.in_(("succeeded", "sent")),
+                                                    Target.superseded_by.is_(None))):  # a newer rollout owns the rest
                 t.rollback_state = "pending"
     return status(engine, rid)
 
@@ -143,7 +165,7 @@ def status(engine: Engine, rid: str, with_targets: bool = False) -> dict:
                                "deployment_id": t.deployment_id, "error_code": t.error_code, "error": t.error,
                                "sent_at": t.sent_at, "finished_at": t.finished_at,
                                "previous": f"{t.prev_model}@{t.prev_version}" if t.prev_model else None,
-                               "rollback": t.rollback_state}
+                               "rollback": t.rollback_state, "superseded_by": t.superseded_by}
                               for t in s.scalars(select(Target).where(Target.rollout_id == rid).order_by(Target.id))]
         return out
 
@@ -155,7 +177,8 @@ def summary(s: Session, r: Rollout) -> dict:
     return {"id": r.id, "model": r.model, "version": r.version, "selector": r.selector, "state": r.state,
             "wave": r.wave + 1, "waves": r.waves, "wave_sizes": r.wave_sizes, "rules": [x["text"] for x in r.rules],
             "timeout_s": r.timeout_s, "rate_per_min": r.rate_per_min, "reason": r.reason, "created": r.created,
-            "updated": r.updated, "total": sum(c.values()), "counts": c, "rollback_counts": rb}
+            "updated": r.updated, "total": sum(c.values()), "counts": c, "rollback_counts": rb,
+            "rollback_of": r.rollback_of}
 
 
 def list_rollouts(engine: Engine) -> list[dict]:
