@@ -101,7 +101,8 @@ def evaluate(cand: Candidate, reference: Candidate, data: Dataset, profile: Prof
                      accuracy_drop=round(ref_acc - acc, 5))
     if task is not None:
         threshold = v["min_top1_agreement"] if task.name == "classification" else min_task_score(profile)
-        metric = score(task, got, ref, threshold)
+        metric = score(task, got, ref, threshold, labels=data.labels,
+                       max_accuracy_drop=profile.budgets["max_accuracy_drop"])
         if metric is not None:
             metric["decides"] = task.decides_alone and metric["decidable"]
             entry["task"] = metric
@@ -110,7 +111,10 @@ def evaluate(cand: Candidate, reference: Candidate, data: Dataset, profile: Prof
 
 def _task_note(t: dict) -> str:
     got = "n/a" if t["score"] is None else f"{t['score']:.4f}"
-    return f"{t['task']}: {t['metric']} {got} vs min {t['threshold']} over {t['samples']} samples"
+    note = f"{t['task']}: {t['metric']} {got} vs min {t['threshold']} over {t['samples']} samples"
+    if "accuracy_drop" in t:       # labelled classification (ADR 0014)
+        note += f", accuracy drop {t['accuracy_drop']:.4f} vs max {t['max_accuracy_drop']}"
+    return note
 
 
 def gate_reasons(entry: dict, profile: Profile, *, allow_slower: bool) -> list[str]:

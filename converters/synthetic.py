@@ -4,8 +4,11 @@
 detector; ``text_scene`` renders lines of words and numbers for PP-OCR text detection
 (Pillow when available, numpy otherwise: plain rectangles). ``blobs`` (smooth colour blobs in
 [0, 1], NCHW) and ``text_lines`` (dark stroke rows on a white page, normalised like PaddleOCR,
-optionally every other image rotated 180 degrees for the direction classifier) are batch
-generators that exercise realistic value ranges. Deterministic per seed. Used by tests and
+optionally every other image rotated 180 degrees) are batch generators that exercise realistic
+value ranges. ``text_crops`` renders real words as detector-style line crops, upright or rotated
+180 degrees, preprocessed like RapidOCR's direction classifier, *with labels* (0 = 0 degrees,
+1 = 180 degrees): the stroke rows of ``text_lines`` do not look like text to that classifier
+(its fp32 probabilities on them scatter around 0.5, whatever the orientation), rendered words do. Deterministic per seed. Used by tests and
 benchmarks only; they do not stand in for accuracy data sets.
 """
 
@@ -121,3 +124,33 @@ def text_lines(n: int, height: int, width: int, seed: int, flip_every_other: boo
         if flip_every_other and k % 2:
             out[k] = out[k, :, ::-1, ::-1]
     return ((out - 0.5) / 0.5).astype(np.float32)
+
+
+def text_crops(n: int, seed: int, height: int = 48, width: int = 192) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` rendered text-line crops as ``[n, 3, height, width]`` float32 and labels ``[n]``
+    (0 = upright, 1 = rotated 180 degrees; alternating), preprocessed like RapidOCR's direction
+    classifier (resize to ``height`` keeping the aspect ratio up to ``width``, ``(x/255 - 0.5)/0.5``,
+    zero padding on the right). Needs Pillow (its bundled scalable font: no system fonts)."""
+    pil = _pil()
+    if pil is None:
+        from edgekit.core.errors import UsageError
+
+        raise UsageError("rendering text crops needs Pillow", hint="pip install 'edgekit[host]'")
+    Image, ImageDraw, ImageFont = pil
+    out = np.zeros((n, 3, height, width), np.float32)
+    labels = np.arange(n, dtype=np.int64) % 2
+    for k in range(n):
+        rng = np.random.default_rng((seed, k))
+        font = ImageFont.load_default(size=int(rng.integers(22, 40)))
+        text = " ".join(rng.choice(WORDS, int(rng.integers(1, 4))))
+        left, top, right, bottom = font.getbbox(text)
+        pad = int(rng.integers(2, 8))
+        im = Image.new("RGB", (right - left + 2 * pad, bottom - top + 2 * pad), (int(rng.integers(200, 256)),) * 3)
+        ImageDraw.Draw(im).text((pad - left, pad - top), text, fill=tuple(int(v) for v in rng.integers(0, 80, 3)),
+                                font=font)
+        if labels[k]:
+            im = im.rotate(180)
+        w = min(width, int(np.ceil(height * im.size[0] / im.size[1])))
+        arr = np.asarray(im.resize((w, height), Image.BILINEAR), np.float32).transpose(2, 0, 1) / 255.0
+        out[k, :, :, :w] = (arr - 0.5) / 0.5
+    return out, labels

@@ -24,7 +24,10 @@ Precisions (profile names -> converter recipe):
 
 I/O layout: profiles declaring ``layout = "NHWC"`` get NHWC 4-D inputs/outputs (no transposes at
 the model edges); the report's ``inputs``/``outputs`` and the golden vectors use the artifact's
-own layout and dtype. The validation/calibration data stay in the ONNX layout.
+own layout and dtype. The validation/calibration data stay in the ONNX layout. With int8 I/O an
+output concat of differently scaled parts (YOLOv8 boxes + scores) is returned as separate parts:
+``report["output_layout"]`` (copied into each part's output spec as ``part_of``, hence into the
+bundle manifest) says how to join them; the gate compares the joined output (ADR 0014).
 
 Not here: the flatbuffer writer (``converters.tflite``), the gate's thresholds (``converters.gate``).
 """
@@ -39,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core import drift, parity
+from edgekit.core.outputs import join_parts
 from edgekit.core.atomic import atomic_write_bytes, atomic_write_json, remove_tree
 from edgekit.core.errors import ParityError, UsageError
 from edgekit.core.profiles import Profile
@@ -91,10 +95,10 @@ class TfliteCandidate:
     / ``native_outputs`` are what the artifact itself takes and returns (its layout and dtype).
     """
 
-    def __init__(self, name: str, path: Path, io_layout: str) -> None:
+    def __init__(self, name: str, path: Path, io_layout: str, output_layout: dict | None = None) -> None:
         from converters.tflite.runtime import interpreter
 
-        self.name, self.path, self.io_layout = name, path, io_layout
+        self.name, self.path, self.io_layout, self.output_layout = name, path, io_layout, output_layout or {}
         self.interp = interpreter(path.read_bytes(), "auto", threads=1)
         self._in = self.interp.get_input_details()
         self._out = self.interp.get_output_details()
@@ -104,14 +108,15 @@ class TfliteCandidate:
         self.native_outputs: dict[str, np.ndarray] = {}
 
     @classmethod
-    def load(cls, name: str, path: Path, data: Dataset, io_layout: str) -> "TfliteCandidate":
-        cand = cls(name, path, io_layout)
+    def load(cls, name: str, path: Path, data: Dataset, io_layout: str,
+             output_layout: dict | None = None) -> "TfliteCandidate":
+        cand = cls(name, path, io_layout, output_layout)
         cand.native_inputs = {d["name"]: _quantize(_to_layout(data.inputs[d["name"]], io_layout), d)
                               for d in cand._in}
         cand.latency_ms = cand.measure_latency()
         cand.native_outputs = cand.run_all(len(data))
-        cand.outputs = {d["name"]: _from_layout(_dequantize(cand.native_outputs[d["name"]], d), io_layout)
-                        for d in cand._out}
+        cand.outputs = join_parts({d["name"]: _from_layout(_dequantize(cand.native_outputs[d["name"]], d), io_layout)
+                                   for d in cand._out}, cand.output_layout)
         return cand
 
     def _invoke(self, i: int) -> None:
@@ -154,12 +159,16 @@ def _target_reasons(path: Path, profile: Profile) -> tuple[list[str], dict]:
     return [f"{i['where']}: {i['reason']}" for i in issues], estimate(info, profile.raw["memory"]["word_bits"])
 
 
-def _spec(d: dict, io_layout: str) -> dict:
+def _spec(d: dict, io_layout: str, output_layout: dict | None = None) -> dict:
     spec = {"name": d["name"], "dtype": np.dtype(d["dtype"]).name, "shape": [int(x) for x in d["shape"]],
             "layout": "NHWC" if io_layout == "nhwc" and len(d["shape"]) == 4 else "as-onnx"}
     scale, zp = d["quantization"]
     if scale:
         spec["quantization"] = {"scale": float(scale), "zero_point": int(zp)}
+    for joined, entry in (output_layout or {}).items():      # a part of a split output (int8 I/O)
+        names = [p["name"] for p in entry["parts"]]
+        if d["name"] in names:
+            spec["part_of"] = {"output": joined, "axis": entry["axis"], "index": names.index(d["name"])}
     return spec
 
 
@@ -211,9 +220,10 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
                 with log.step(f"build {prec}") as step:
                     conv = convert_onnx_to_tflite(src, path, precision=kind, io_layout=io_layout, input_shapes=shapes,
                                                   calibration=calibration.inputs if kind in CALIBRATED else None,
-                                                  int8_io=int8_io, dynamic_batch=dynamic_batch)
+                                                  int8_io=int8_io, dynamic_batch=dynamic_batch,
+                                                  op_allowlist=profile.raw["runtime"].get("op_allowlist", ()))
                 with log.step(f"validate {prec}"):
-                    cand = TfliteCandidate.load(prec, path, validation, io_layout)
+                    cand = TfliteCandidate.load(prec, path, validation, io_layout, conv["output_layout"])
                 built[prec] = (cand, conv, step["seconds"])
             return built[prec]
 
@@ -259,7 +269,9 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
                   artifact_sha256=hashlib.sha256(artifact).hexdigest(), engine=profile.engine, format="tflite",
                   golden_vectors=k, inputs=[_spec(d, io_layout) for d in chosen._in],
                   batch=built[chosen.name][1]["batch"],
-                  outputs=[_spec(d, io_layout) for d in chosen._out])
+                  outputs=[_spec(d, io_layout, chosen.output_layout) for d in chosen._out])
+    if chosen.output_layout:
+        report["output_layout"] = chosen.output_layout
     report["size_ratio"] = round(report["source_bytes"] / report["artifact_bytes"], 3)
     atomic_write_json(dest / "report.json", report)
     return report

@@ -137,7 +137,8 @@ def test_tflite_pipeline_takes_the_task(datasets, tmp_path):
                          calibration=cal, validation=val, task="classification")
     assert rep["task"]["task"] == "classification"
     c = rep["candidates"][-1]
-    assert c["task"]["metric"] == "top-1 agreement" and c["task"]["score"] >= 0.99 and c["criteria"]
+    assert c["task"]["metric"].startswith("top-1 agreement") and c["task"]["score"] >= 0.99 and c["criteria"]
+    assert c["task"]["accuracy_drop"] == 0.0 and c["task"]["decides"]    # declared + labels: ADR 0014
     with pytest.raises(UsageError, match="--task text-mask needs an output"):
         convert_tflite(SAMPLES / "digits_cnn.onnx", load_profile("pixel-watch-2"), tmp_path / "t", precision="fp32",
                        calibration=cal, validation=val, task="text-mask")

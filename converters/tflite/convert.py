@@ -3,7 +3,9 @@
 What it does: loads and folds the ONNX model, translates it to TFLite (NHWC inside), applies
 the precision (``fp32``; ``fp16`` weights behind DEQUANTIZE; ``int8-weights`` likewise with
 per-channel int8 weights; ``int8-full`` calibrated on the float TFLite model; ``int16x8``;
-``int8-mixed`` = int8-full with float I/O and a float prefix chosen by :mod:`.mixed`),
+``int8-mixed`` = int8-full with float I/O and a float prefix chosen by :mod:`.mixed`; for int8 I/O, output
+concats of differently scaled parts are split into separate outputs and ops missing from the
+target's allowlist rewritten where an equivalent exists, :mod:`.int8_targets`),
 serializes the flatbuffer, checks that ai-edge-litert loads it, writes it atomically and returns
 a report (ops with versions, tensor count, size, precision, I/O layout and signature, per-op
 coverage, timings).
@@ -25,6 +27,7 @@ from edgekit.core.errors import UsageError
 
 from . import onnx_import, onnx_prep, quantize
 from .batch import try_dynamic_batch
+from .int8_targets import hard_swish_as_muls, split_output_concats, split_v_as_slices
 from .mixed import float_prefix
 from .op_versions import op_version
 from .schema_writer import serialize
@@ -37,7 +40,7 @@ def convert_onnx_to_tflite(onnx_path, out_path, *, precision: str = "fp32",
                            calibration: dict[str, np.ndarray] | None = None, io_layout: str = "nchw",
                            input_shapes: dict[str, list[int]] | None = None,
                            max_calibration_samples: int = 200, int8_io: bool = False,
-                           dynamic_batch: bool = False) -> dict:
+                           dynamic_batch: bool = False, op_allowlist=()) -> dict:
     """Convert ``onnx_path`` to a TFLite flatbuffer at ``out_path`` and return the report.
 
     ``calibration`` maps input names to arrays ``[N, ...]`` in the ONNX layout (required for
@@ -46,6 +49,10 @@ def convert_onnx_to_tflite(onnx_path, out_path, *, precision: str = "fp32",
     ``int8_io`` (``int8-full`` only) makes the model's inputs and outputs int8.
     ``dynamic_batch`` marks the batch axis resizable when a batch-of-3 check proves it safe
     (:mod:`.batch`); the report's ``batch`` says whether it did and, if not, why.
+    ``op_allowlist`` (the target profile's, empty = any op) lets ops it lacks be rewritten into
+    equivalents it has (SPLIT_V -> STRIDED_SLICE, HARD_SWISH -> ADD/MUL). With ``int8_io``, an
+    output concat of parts whose ranges differ > 4x becomes separate outputs; the report's
+    ``output_layout`` says how to join them (``edgekit.core.outputs.join_parts``).
     """
     if int8_io and precision != "int8-full":
         raise UsageError("int8 inputs/outputs need precision int8-full")
@@ -58,6 +65,12 @@ def convert_onnx_to_tflite(onnx_path, out_path, *, precision: str = "fp32",
     t0 = time.perf_counter()
     graph = onnx_prep.load(onnx_path, input_shapes)
     model, coverage = onnx_import.translate(graph, io_layout)
+    allowed = set(op_allowlist or ())
+    if allowed and "SPLIT_V" not in allowed and "STRIDED_SLICE" in allowed:
+        split_v_as_slices(model)
+    if allowed and "HARD_SWISH" not in allowed and {"ADD", "MUL"} <= allowed:
+        hard_swish_as_muls(model)
+    output_layout: dict = {}
     timings = {"translate_s": time.perf_counter() - t0}
     n_samples = 0
     if precision == "fp16":
@@ -79,6 +92,8 @@ def convert_onnx_to_tflite(onnx_path, out_path, *, precision: str = "fp32",
             keep, mixed = float_prefix(model, ranges, means, samples)
             model = quantize.to_int8(model, ranges, means=means, keep_float=keep)
         else:
+            if int8_io:      # graph surgery before quantization: own scales for box/score parts
+                output_layout = split_output_concats(model, ranges, io_layout)
             model = (quantize.to_int8(model, ranges, int8_io, means) if precision == "int8-full"
                      else quantize.to_int16x8(model, ranges, means))
         timings["calibrate_s"] = time.perf_counter() - t1
@@ -93,7 +108,8 @@ def convert_onnx_to_tflite(onnx_path, out_path, *, precision: str = "fp32",
     _check_loads(data)
     atomic_write_bytes(out_path, data)
     timings["total_s"] = time.perf_counter() - t0
-    report = {**_report(model, data, coverage, precision, io_layout, n_samples, out_path, timings), "batch": batch}
+    report = {**_report(model, data, coverage, precision, io_layout, n_samples, out_path, timings), "batch": batch,
+              "output_layout": output_layout}
     if precision == "int8-mixed":
         report["mixed"] = mixed
     return report

@@ -82,6 +82,10 @@ def render(report: dict) -> str:
     if report.get("task"):
         t = report["task"]
         extra += f"\ntask: {t['task']} ({t['reason']})" + ("; * = the task metric decides" if t["output"] else "")
+    for name, lay in (report.get("output_layout") or {}).items():     # int8 I/O split head (ADR 0014)
+        pieces = ", ".join(f"{p['name']} [{p['size']}]" for p in lay["parts"])
+        extra += (f"\noutput {name} is split into int8 parts with their own scales: {pieces} on axis {lay['axis']} "
+                  "(manifest outputs[].part_of; join with edgekit.core.outputs.join_parts)")
     parts = [head + extra, candidates_table(report)]
     crit = criteria_lines(report)
     if crit:

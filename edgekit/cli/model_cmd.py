@@ -36,7 +36,9 @@ Examples:
 --task decides how a detection/text head is judged: the task metric vs fp32 (box IoU of the top
 detection, text-mask IoU at 0.3) must reach the profile's validation.min_task_score; the
 element-wise figures of that output are still reported. auto = classification for [N, C] scores
-or labelled data (element-wise + top-1 checks), else raw (element-wise only).
+or labelled data (element-wise + top-1 checks), else raw (element-wise only). A declared
+--task classification on validation data with a 'label' array is decided by accuracy vs the
+labels (drop <= the profile's max_accuracy_drop) plus top-1 agreement (ADR 0014).
 """
 
 
