@@ -11,6 +11,11 @@ Routes::
                       JSON answers carry outputs, latency_ms, model, version; binary answers
                       carry them in X-Edgekit-* headers.
 
+The same sockets also speak a lean *framed stream* (``edgekit.core.frames`` ``STREAM_*``: a 8-byte
+request header + a tensor frame, a 20-byte answer header + a tensor frame), told apart from HTTP
+per request by its first byte, for clients that want the lowest overhead
+(``LocalClient(framed=True)``); a connection may mix both.
+
 Errors are ``{"error": {code, message, hint}}`` with 400 (malformed), 404, 413 (too large),
 503 (no model) or 500. Connections are kept alive (HTTP/1.1) with Nagle off; each connection
 has its own thread. The HTTP loop is a lean hand-written one (request line, headers,
@@ -70,6 +75,9 @@ class _Handler(socketserver.StreamRequestHandler):
             pass
 
     def _one_request(self) -> bool:
+        first = self.rfile.peek(1)[:1]
+        if first == frames.STREAM_MAGIC[:1]:  # the framed stream: no HTTP method starts with "E"
+            return self._framed()
         line = self.rfile.readline(MAX_LINE + 1)
         while line in (b"\r\n", b"\n"):
             line = self.rfile.readline(MAX_LINE + 1)
@@ -134,25 +142,55 @@ class _Handler(socketserver.StreamRequestHandler):
             return self._error(404, MessageError(f"no route {path}", hint="POST inference requests to /v1/infer."),
                                keep)
         binary = headers.get(b"content-type", b"").startswith(frames.CONTENT_TYPE.encode())
+        status, result, latency_ms = self._infer(body, binary)
+        if status != 200:
+            return self._send(status, result, keep=keep)
+        info = self.server.info()
+        if binary:
+            return self._send(200, frames.encode(result), frames.CONTENT_TYPE,
+                              {"X-Edgekit-Latency-Ms": f"{latency_ms:.4f}", "X-Edgekit-Model": info.get("model", ""),
+                               "X-Edgekit-Version": info.get("version", "")}, keep=keep)
+        out = {"outputs": {k: tensors.encode(v) for k, v in result.items()}, "latency_ms": latency_ms,
+               "model": info.get("model"), "version": info.get("version")}
+        return self._send(200, json.dumps(out).encode(), keep=keep)
+
+    def _infer(self, body: bytes, binary: bool) -> tuple[int, "dict[str, np.ndarray] | bytes", float]:
+        """(200, outputs, latency_ms), or (an HTTP status, the JSON error body, 0.0)."""
         try:
             inputs = frames.decode(body) if binary else _json_inputs(body)
             t0 = time.perf_counter()
             outputs = self.server.infer(inputs)
-            latency_ms = (time.perf_counter() - t0) * 1000
+            return 200, outputs, (time.perf_counter() - t0) * 1000
         except MessageError as exc:
-            return self._error(400, exc, keep)
+            status, err = 400, exc
         except ModelError as exc:
-            return self._error(503 if not self.server.info() else 400, exc, keep)
+            status, err = (503 if not self.server.info() else 400), exc
         except EdgekitError as exc:
-            return self._error(500, exc, keep)
-        info = self.server.info()
-        if binary:
-            return self._send(200, frames.encode(outputs), frames.CONTENT_TYPE,
-                              {"X-Edgekit-Latency-Ms": f"{latency_ms:.4f}", "X-Edgekit-Model": info.get("model", ""),
-                               "X-Edgekit-Version": info.get("version", "")}, keep=keep)
-        out = {"outputs": {k: tensors.encode(v) for k, v in outputs.items()}, "latency_ms": latency_ms,
-               "model": info.get("model"), "version": info.get("version")}
-        return self._send(200, json.dumps(out).encode(), keep=keep)
+            status, err = 500, exc
+        return status, json.dumps({"error": err.to_dict()}).encode(), 0.0
+
+    def _framed(self) -> bool:
+        """One request of the framed stream (format in :mod:`edgekit.core.frames`)."""
+        head = self.rfile.read(frames.STREAM_REQUEST.size)
+        if len(head) < frames.STREAM_REQUEST.size:
+            return False
+        magic, length = frames.STREAM_REQUEST.unpack(head)
+        if magic != frames.STREAM_MAGIC or length > MAX_BODY:
+            err = MessageError(f"not an edgekit framed request (magic {magic!r})" if magic != frames.STREAM_MAGIC
+                               else f"request of {length} bytes exceeds {MAX_BODY}",
+                               hint="Send HTTP/1.1, or STREAM_MAGIC + u32 length + a tensor frame.")
+            self._send_framed(400 if magic != frames.STREAM_MAGIC else 413,
+                              json.dumps({"error": err.to_dict()}).encode(), 0.0)
+            return False
+        body = self.rfile.read(length)
+        if len(body) < length:
+            return False  # the client went away mid-body
+        status, result, latency_ms = self._infer(body, binary=True)
+        self._send_framed(status, frames.encode(result) if status == 200 else result, latency_ms)
+        return True
+
+    def _send_framed(self, status: int, body: bytes, latency_ms: float) -> None:
+        self.connection.sendall(frames.STREAM_RESPONSE.pack(frames.STREAM_MAGIC, status, latency_ms, len(body)) + body)
 
 
 def _json_inputs(body: bytes) -> dict[str, np.ndarray]:
@@ -224,16 +262,23 @@ class LocalEndpoint:
 class LocalClient:
     """One kept-alive connection to the endpoint (TCP ``port`` or Unix ``socket_path``).
 
-    ``binary`` selects the tensor frame format (default) or JSON. Each request leaves in one
-    ``sendall``; answers are read through a buffered reader. Errors come back as the edgekit
-    error the agent raised (``MessageError``, ``ModelError``...).
+    ``binary`` selects the tensor frame format (default) or JSON; ``framed`` sends inference
+    requests on the framed stream instead of HTTP (binary tensors, no headers; ``get`` still uses
+    HTTP on the same connection). Each request leaves in one ``sendall``; answers are read through
+    a buffered reader. ``last_latency_ms`` is the agent's own inference time of the last answer.
+    Errors come back as the edgekit error the agent raised (``MessageError``, ``ModelError``...)::
+
+        client = LocalClient(socket_path="/run/edgekit/infer.sock", framed=True)
+        logits = client.infer({"input": x})["logits"]
     """
 
     def __init__(self, *, port: int | None = None, socket_path: str | Path | None = None, binary: bool = True,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, framed: bool = False) -> None:
         if not port and not socket_path:
             raise ValueError("give a port or a socket path")
         self.port, self.socket_path, self.binary, self.timeout = port, socket_path, binary, timeout
+        self.framed = framed
+        self.last_latency_ms: float | None = None
         self.sock: socket.socket | None = None
         self._rfile = None
 
@@ -255,22 +300,10 @@ class LocalClient:
         self.sock, self._rfile = sock, sock.makefile("rb")
 
     def _request(self, method: str, path: str, body: bytes = b"", ctype: str = JSON) -> tuple[dict, bytes]:
-        for attempt in (0, 1):  # a kept-alive connection the agent closed: reconnect once
-            if self.sock is None:
-                self._connect()
-            try:
-                head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
-                if method == "POST":
-                    head += f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                self.sock.sendall(head.encode() + b"\r\n" + body)
-                status_line = self._rfile.readline(MAX_LINE + 1)
-                if not status_line:
-                    raise ConnectionResetError("connection closed by the agent")
-                break
-            except (ConnectionError, BrokenPipeError):
-                self.close()
-                if attempt:
-                    raise TransportError("the local inference endpoint closed the connection") from None
+        head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
+        if method == "POST":
+            head += f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+        status_line = self._exchange(head.encode() + b"\r\n" + body, lambda: self._rfile.readline(MAX_LINE + 1))
         status = int(status_line.split()[1])
         headers = {}
         while (h := self._rfile.readline(MAX_LINE + 1)) not in (b"\r\n", b"\n", b""):
@@ -280,14 +313,45 @@ class LocalClient:
         if headers.get("connection", "").lower() == "close":
             self.close()
         if status != 200:
-            try:
-                err = json.loads(data)["error"]
-            except (ValueError, KeyError, TypeError):
-                err = {"code": "transport", "message": f"local endpoint answered HTTP {status}"}
-            raise error_from_dict(err)
+            raise _answer_error(status, data)
         return headers, data
 
+    def _exchange(self, request: bytes, read_head: Callable[[], bytes], head_size: int = 1) -> bytes:
+        """Send ``request`` and return ``read_head()`` (at least ``head_size`` bytes); a kept-alive
+        connection the agent closed is reopened once."""
+        for attempt in (0, 1):
+            if self.sock is None:
+                self._connect()
+            try:
+                self.sock.sendall(request)
+                head = read_head()
+                if len(head) < head_size:
+                    raise ConnectionResetError("connection closed by the agent")
+                return head
+            except (ConnectionError, BrokenPipeError):
+                self.close()
+                if attempt:
+                    raise TransportError("the local inference endpoint closed the connection") from None
+        raise AssertionError("unreachable")
+
+    def _infer_framed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        frame = frames.encode(inputs)
+        size = frames.STREAM_RESPONSE.size
+        head = self._exchange(frames.STREAM_REQUEST.pack(frames.STREAM_MAGIC, len(frame)) + frame,
+                              lambda: self._rfile.read(size), size)
+        magic, status, latency_ms, length = frames.STREAM_RESPONSE.unpack(head)
+        body = self._rfile.read(length) if magic == frames.STREAM_MAGIC else b""
+        if len(body) < length or magic != frames.STREAM_MAGIC:
+            self.close()
+            raise TransportError("the local inference endpoint sent a truncated or foreign framed answer")
+        if status != 200:
+            raise _answer_error(status, body)
+        self.last_latency_ms = latency_ms
+        return frames.decode(body)
+
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.framed:
+            return self._infer_framed(inputs)
         if self.binary:
             return frames.decode(self._request("POST", "/v1/infer", frames.encode(inputs), frames.CONTENT_TYPE)[1])
         body = json.dumps({"inputs": {k: tensors.encode(v) for k, v in inputs.items()}}).encode()
@@ -302,3 +366,11 @@ class LocalClient:
             self._rfile.close()
             self.sock.close()
         self.sock = self._rfile = None
+
+
+def _answer_error(status: int, body: bytes) -> EdgekitError:
+    """The edgekit error an endpoint answer carries (HTTP or framed), or a transport error."""
+    try:
+        return error_from_dict(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return error_from_dict({"code": "transport", "message": f"local endpoint answered status {status}"})

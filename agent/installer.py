@@ -4,7 +4,10 @@ States and their transitions are data (``TRANSITIONS``); each state has one hand
 I/O and returns None ("ok") or another outcome named in the table. The state record
 (``state.json``) is written atomically *before* each handler runs, so
 after a crash :meth:`Installer.recover` re-enters the persisted state, whose handler is
-idempotent. ``attempts`` counts entries into the machine per deployment: past ``MAX_ATTEMPTS``
+idempotent. Only the records that precede a change of the serving slot (``DURABLE_STATES``) and
+the final one are fsynced: the others survive any process crash, and after a power cut recovery
+may restart from an earlier state, which is safe because every handler is idempotent and the
+slots themselves are made durable before ``current`` moves (ADR 0012). ``attempts`` counts entries into the machine per deployment: past ``MAX_ATTEMPTS``
 the deployment fails instead of looping. The serving slot is never written: a failure at any
 point leaves the previous model serving (after the switch, a failure switches back).
 
@@ -18,7 +21,9 @@ device rolled back *from* stays the anti-rollback floor for later downloads (``r
 
 The health check runs in a worker thread with a deadline (``health_timeout_s``): a run that hangs
 is cancelled (onnxruntime's terminate flag) or, for engines that cannot cancel, abandoned, and
-the install fails with :class:`HealthTimeoutError`. The session it built is handed to
+the install fails with :class:`HealthTimeoutError`. An abandoned worker is kept in
+``stuck_worker``: the running agent re-executes itself once the failure is recorded (ADR 0012),
+because a TFLite ``invoke()`` cannot be interrupted from Python. The session it built is handed to
 ``on_commit`` so serving reuses it instead of loading the model a second time.
 """
 
@@ -61,7 +66,18 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("rollback_health", "fail"): "failed",
 }
 TERMINAL = ("committed", "failed", "rolled_back", "already_installed")
+# records fsynced before their handler runs: it moves ``current``, and recovery after a power cut must
+# know to finish the switch or switch back (the final record is fsynced too, in _finish)
+DURABLE_STATES = ("switching", "rolling_back")
+# The slot switch itself (``current`` symlink, installed.json) is not fsynced on its own: the final
+# state record (_finish) is written durably right after it, and its fsync of data_dir also persists the
+# symlink's rename (``current`` and state.json share that directory). Until then a power cut leaves the
+# durable "switching"/"rolling_back" record, whose handler is simply redone.
 MAX_ATTEMPTS = 3
+# Take each member's digest while the bundle downloads (edgekit.core.bundle.MemberDigests, its own
+# thread), so that verifying need not read the members back (ADR 0012). False: verify hashes while it
+# copies, as for a bundle flashed from a file (benchmarks/agent.py compares both).
+STREAMED_DIGESTS = True
 # Test-only crash hook: "STATE" kills this process with SIGKILL right after STATE was persisted,
 # "STATE+" right after its handler's side effect, "downloading~" halfway through a download. Unset in
 # production (tests/test_agent_crash.py, tests/test_agent_mqtt_transfer.py).
@@ -116,9 +132,11 @@ class Installer:
         self.health_timeout_s = health_timeout_s
         self._checked: tuple[str, Runner] | None = None  # (slot, runner) that passed the health check
         self._sync: threading.Thread | None = None  # background fsync of a staged slot
+        self._synced: list[str] = []  # the slot whose background fsync completed
+        self.stuck_worker: threading.Thread | None = None  # a health-check thread that could not be stopped
         self.on_commit = on_commit
         self.slots = Slots(self.data_dir)
-        self.state_path = self.data_dir / "state.json"
+        self.state_path = self.data_dir / "state.json"  # beside slots.current_link: see DURABLE_STATES
         self.root_history = self.data_dir / "trust"  # newer roots followed after key rotations
         self.device_id, self.device_key = device_id, device_key  # to decrypt encrypted models
         self.handlers: dict[str, Callable[[InstallRecord], None]] = {
@@ -127,6 +145,7 @@ class Installer:
             "rollback_check": self._rollback_check, "rollback_health": self._health_check,
         }
         self._verified_manifest: dict | None = None
+        self._streamed: tuple[str, dict | None] | None = None  # (bundle path, MemberDigests result)
         from .fetch import GRACE_S, MIN_RATE_BPS
 
         self.min_rate_bps = min_rate_bps or MIN_RATE_BPS  # slow-retrieval deadline (agent/fetch.py Deadline)
@@ -135,11 +154,15 @@ class Installer:
         self.spin = spin  # [inference] spin: let ORT pool threads busy-wait
 
     # -- persistence -------------------------------------------------------------------------
-    def _save(self, rec: InstallRecord) -> None:
-        atomic_write_json(self.state_path, {**asdict(rec), "request": asdict(rec.request), "ts": time.time()})
+    def _save(self, rec: InstallRecord, durable: bool = True) -> None:
+        atomic_write_json(self.state_path, {**asdict(rec), "request": asdict(rec.request), "ts": time.time()},
+                          durable=durable)
 
     def load_record(self) -> InstallRecord | None:
-        raw = read_json(self.state_path)
+        try:
+            raw = read_json(self.state_path)
+        except ValueError:  # a non-durable record torn by a power cut: nothing to resume, the slots are whole
+            return None
         if not raw:
             return None
         raw.pop("ts", None)
@@ -171,7 +194,7 @@ class Installer:
 
     def _drive(self, rec: InstallRecord) -> InstallRecord:
         while rec.state not in TERMINAL:
-            self._save(rec)  # persist *before* the side effect
+            self._save(rec, durable=rec.state in DURABLE_STATES)  # persist *before* the side effect
             _crash_point(rec.state)
             self.emit(rec.state, True, dict(rec.details), None, rec.request.deployment_id)
             try:
@@ -219,8 +242,15 @@ class Installer:
             halfway = None  # test-only: "downloading~" kills the agent once half of the bytes are in the .part
             if os.environ.get(CRASH_ENV) == "downloading~":
                 halfway = lambda have: have * 2 >= req.length and _crash_point("downloading~")  # noqa: E731
-            download(source, path, length=req.length, sha256=req.sha256, min_rate_bps=self.min_rate_bps,
-                     grace_s=self.download_grace_s, progress=halfway)
+            from edgekit.core.bundle import MemberDigests
+
+            digests = MemberDigests() if STREAMED_DIGESTS else None  # _verify then need not re-read the members
+            try:
+                download(source, path, length=req.length, sha256=req.sha256, min_rate_bps=self.min_rate_bps,
+                         grace_s=self.download_grace_s, progress=halfway, tap=digests)
+            finally:
+                if digests is not None:  # memory only: after a crash, verify re-hashes
+                    self._streamed = (str(path), digests.result())
         req.bundle_path = str(path)
 
     def _reference_time(self) -> float:
@@ -246,9 +276,11 @@ class Installer:
         except (OSError, TypeError):
             raise BundleError(f"bundle file {rec.request.bundle_path} is missing") from None
         ensure_free_space(work.parent, size)
+        streamed, self._streamed = self._streamed, None
         vb = bundle.open_bundle(rec.request.bundle_path, root, work, reference_time=self._reference_time(),
                                 allow_expired=self.allow_expired, root_history=self.root_history,
-                                device_id=self.device_id, device_key=self.device_key)
+                                device_id=self.device_id, device_key=self.device_key,
+                                streamed=streamed[1] if streamed and streamed[0] == rec.request.bundle_path else None)
         m = vb.manifest
         bundle.check_compatible(m, profile=self.profile.id, engines=available_engines())
         limit = self.profile.budgets["max_model_bytes"]
@@ -277,7 +309,16 @@ class Installer:
             self.slots.fill(slot, extracted)
         rec.slot = slot
         # flush the slot to disk while the health check runs; _switch waits for it
-        self._sync = threading.Thread(target=self.slots.sync, args=(slot,), name="slot-sync", daemon=True)
+        self._synced = synced = []  # this install's own list: a straggler from an earlier one cannot fill it
+
+        def sync() -> None:
+            try:
+                self.slots.sync(slot)
+            except OSError:  # _switch fsyncs again in the state machine's thread and reports the error
+                return
+            synced.append(slot)
+
+        self._sync = threading.Thread(target=sync, name="slot-sync", daemon=True)
         self._sync.start()
 
     def _health_check(self, rec: InstallRecord) -> None:
@@ -303,6 +344,8 @@ class Installer:
             runner = box.get("runner")
             cancelled = bool(runner and runner.cancel())
             worker.join(2.0)  # a cancelled run unwinds quickly
+            if worker.is_alive():
+                self.stuck_worker = worker  # still burning CPU: the agent restarts itself (agent/service.py)
             raise HealthTimeoutError(
                 f"health check did not finish within {self.health_timeout_s:g} s "
                 f"({'inference hung' if runner else 'model load hung'}; "
@@ -320,11 +363,13 @@ class Installer:
         if self._sync is not None:
             self._sync.join()
             self._sync = None
-        self.slots.sync(rec.slot)  # durable before current points at it (cheap if the thread did it)
+        if rec.slot not in self._synced:  # durable before current points at it: after a recovery (no background
+            self.slots.sync(rec.slot)     # sync ran) or if it failed (re-fsyncing "clean" files cost 1-18 ms)
+        self._synced = []
         manifest = self.slots.manifest(rec.slot)
         self.slots.switch(rec.slot, {"model": manifest["model"]["name"], "version": manifest["model"]["version"],
                                      "release": manifest["model"]["release"], "deployment_id": rec.request.deployment_id,
-                                     "installed_at": time.time()})
+                                     "installed_at": time.time()}, durable=False)  # made durable by _finish
         if self.on_commit:
             checked = self._checked[1] if self._checked and self._checked[0] == rec.slot else None
             self.on_commit(self.slots.path(rec.slot), manifest, checked)
@@ -370,7 +415,8 @@ class Installer:
                 atomic_write_json(self.data_dir / "release_floor.json", floors)
             self.slots.switch(prev, {"model": m["model"]["name"], "version": m["model"]["version"],
                                      "release": m["model"]["release"], "installed_at": time.time(),
-                                     **({"deployment_id": rec.request.deployment_id} if commanded else {})})
+                                     **({"deployment_id": rec.request.deployment_id} if commanded else {})},
+                              durable=False)  # made durable by _finish
             if self.on_commit:
                 checked = self._checked[1] if commanded and self._checked and self._checked[0] == prev else None
                 self.on_commit(self.slots.path(prev), m, checked)

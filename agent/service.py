@@ -8,8 +8,10 @@ The serving model is swapped under a lock only after an install commits.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -55,6 +57,7 @@ class Agent:
         self.endpoint = None  # agent.endpoint.LocalEndpoint when [endpoint] is configured
         self.spool = Spool(cfg.data_dir / "spool", cfg.spool_bytes)  # telemetry waits here for its PUBACK
         self._wake = threading.Event()  # set on append and on (re)connect: the sender flushes the spool
+        self.restart_on_stuck = False  # run_forever: re-exec when a health check cannot be stopped (ADR 0012)
         self.installer = Installer(cfg.data_dir, self.profile, cfg.trusted_root, self._emit,
                                    threads=cfg.threads, allow_expired=cfg.allow_expired,
                                    health_runs=cfg.health_runs, health_timeout_s=cfg.health_timeout_s,
@@ -240,8 +243,35 @@ class Agent:
     # -- lifecycle ---------------------------------------------------------------------------
     def _worker(self) -> None:
         while (req := self._deployments.get()) is not None:
-            self.installer.install(req)
+            rec = self.installer.install(req)
             self._announce()
+            self._restart_if_stuck(rec.request.deployment_id)
+
+    def _restart_if_stuck(self, deployment_id: str | None) -> None:
+        """A health check that could not be stopped (TFLite ``invoke()`` has no interrupt) leaves a
+        thread burning a core and holding the rejected model. Its install is already recorded as
+        failed (state.json, spooled events), so the agent replaces itself with a fresh process:
+        same pid and argv, the committed slot serves again (ADR 0012). Only the ``run`` daemon
+        does this; an embedded :class:`Agent` never replaces its host process."""
+        stuck = self.installer.stuck_worker
+        if stuck is None or not stuck.is_alive():
+            return
+        self._emit("restarting", True, {"reason": "the health check's inference thread could not be stopped; "
+                                                  "restarting the agent to release it", "thread": stuck.name,
+                                        "threads_before": threading.active_count()}, None, deployment_id)
+        if not self.restart_on_stuck:
+            return
+        deadline = time.monotonic() + 2.0  # let the spooled events leave now (else: after the restart)
+        while self.spool.stats()["pending"] and time.monotonic() < deadline and self.conn and self.conn.connected:
+            time.sleep(0.02)
+        self.stop("restarting")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execv(sys.executable, sys.orig_argv)
+        except OSError as exc:  # a supervisor (systemd Restart=) brings the agent back
+            print(json.dumps({"agent": "restart_failed", "error": repr(exc)}), flush=True)
+            os._exit(75)
 
     def _announce(self, session_present: bool = False) -> None:
         self.conn.publish(topics.status(self.cfg.fleet, self.cfg.device_id), self._status(True),
@@ -277,8 +307,9 @@ class Agent:
         self.conn.on_connected = self._on_connected
         self.conn.connect()
         # resume an install a crash interrupted; connected first so its events reach the registry
-        if self.installer.recover() is not None:
+        if (rec := self.installer.recover()) is not None:
             self._announce()
+            self._restart_if_stuck(rec.request.deployment_id)
         base = topics.device_base(self.cfg.fleet, self.cfg.device_id)
         self.conn.subscribe([(f"{base}/cmd/#", 1), (f"{base}/rpc/infer", 1)], self._on_message)
         if self.cfg.streams:  # streaming mode
@@ -297,7 +328,7 @@ class Agent:
         self.endpoint = LocalEndpoint(self.infer, self.endpoint_info, port=self.cfg.endpoint_port,
                                       socket_path=self.cfg.endpoint_socket).start()
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "shutdown") -> None:
         self._stop.set()
         self._wake.set()
         if self.endpoint is not None:
@@ -305,13 +336,14 @@ class Agent:
         self._deployments.put(None)
         if self.conn:
             self.conn.close(publish_first=(topics.status(self.cfg.fleet, self.cfg.device_id),
-                                           self._status(False, "shutdown")))
+                                           self._status(False, reason)))
         self._pool.shutdown(wait=False)
 
     def run_forever(self) -> None:
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
+        self.restart_on_stuck = True
         self.start()
         ep = self.endpoint
         print(json.dumps({"agent": "ready", "device": self.cfg.device_id, "profile": self.profile.id,

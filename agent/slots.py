@@ -64,10 +64,12 @@ class Slots:
                     os.close(fd)
         fsync_dir(target)
 
-    def switch(self, slot: str, installed: dict) -> None:
-        """Point ``current`` at ``slot`` then record what it holds (both atomic)."""
-        atomic_symlink(f"slots/{slot}", self.current_link)
-        atomic_write_json(self.data_dir / "installed.json", {**installed, "slot": slot})
+    def switch(self, slot: str, installed: dict, durable: bool = True) -> None:
+        """Point ``current`` at ``slot`` then record what it holds (both atomic). ``durable=False``:
+        the caller fsyncs ``data_dir`` afterwards (the installer's final state record lives there);
+        a lost ``installed.json`` is harmless, :meth:`installed` then trusts the slot."""
+        atomic_symlink(f"slots/{slot}", self.current_link, durable)
+        atomic_write_json(self.data_dir / "installed.json", {**installed, "slot": slot}, durable)
 
     def installed(self) -> dict | None:
         info = read_json(self.data_dir / "installed.json")

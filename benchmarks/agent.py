@@ -296,6 +296,8 @@ def bench_inference_and_footprint(work: Path, args) -> tuple[dict, dict]:
         # C: the local endpoint of the same agent process, interleaved with raw session.run
         clients = {"tcp_binary": LocalClient(port=ready["endpoint_port"]),
                    "unix_binary": LocalClient(socket_path=ready["endpoint_socket"]),
+                   "unix_framed": LocalClient(socket_path=ready["endpoint_socket"], framed=True),
+                   "tcp_framed": LocalClient(port=ready["endpoint_port"], framed=True),
                    "tcp_json": LocalClient(port=ready["endpoint_port"], binary=False)}
         server_lat: list[float] = []  # Agent.infer time inside the agent (X-Edgekit-Latency-Ms), tcp_binary
         tcp_request = clients["tcp_binary"]._request
@@ -306,6 +308,16 @@ def bench_inference_and_footprint(work: Path, args) -> tuple[dict, dict]:
             return headers, body
 
         clients["tcp_binary"]._request = request_noting_latency
+        framed_server_lat: list[float] = []  # the same, for unix_framed (the answer header carries it)
+        framed = clients["unix_framed"]
+        framed_infer = framed.infer
+
+        def infer_noting_latency(inputs):
+            out = framed_infer(inputs)
+            framed_server_lat.append(framed.last_latency_ms)
+            return out
+
+        framed.infer = infer_noting_latency
         for c in clients.values():
             stack.callback(c.close)
             assert np.allclose(c.infer(x)["logits"], ref, atol=1e-4)
@@ -332,9 +344,10 @@ def bench_inference_and_footprint(work: Path, args) -> tuple[dict, dict]:
         "ratio_b_over_baseline": ratios(b, base),
         "interleaved_blocks": blocks,
         "c_local_endpoint": {
-            "path": "agent.endpoint.LocalClient (kept-alive http.client, TCP_NODELAY) -> edgekit-agent run "
-                    "(threads=1) HTTP/1.1 endpoint -> Agent.infer; baseline = raw session.run in this process, "
-                    "interleaved blocks",
+            "path": "agent.endpoint.LocalClient (one kept-alive socket, TCP_NODELAY) -> edgekit-agent run "
+                    "(threads=1) endpoint -> Agent.infer; *_binary/*_json = HTTP/1.1, *_framed = the framed stream "
+                    "(edgekit.core.frames STREAM_*: 8-byte request header, 20-byte answer header, tensor frames); "
+                    "baseline = raw session.run in this process, interleaved blocks",
             "baseline_raw_onnxruntime": pcts(base_c),
             **{k: {**pcts(v), "ratio_over_baseline": ratios(pcts(v), pcts(base_c))} for k, v in ep_lat.items()},
             "goal_ratio_p50": 1.3,
@@ -345,6 +358,10 @@ def bench_inference_and_footprint(work: Path, args) -> tuple[dict, dict]:
                         "requests: the same session runs ~5% slower there than in a hot loop, because each "
                         "request wakes a thread that was blocked on its socket (cold caches); a plain process "
                         "serving the same session over the same endpoint shows the same ratio"},
+            "unix_framed_server_side": {
+                **pcts(framed_server_lat[-len(ep_lat["unix_framed"]):]),
+                "ratio_over_baseline": ratios(pcts(framed_server_lat[-len(ep_lat["unix_framed"]):]), pcts(base_c)),
+                "what": "Agent.infer time inside the agent for the unix_framed requests (answer header)"},
         },
     }
     footprint = {
@@ -425,7 +442,12 @@ def bench_install(work: Path, args) -> dict:
             shutil.rmtree(data_dir, ignore_errors=True)
             return elapsed
 
-        def candidate(i: int, threads: int = 0) -> tuple[float, dict]:
+        def candidate(i: int, threads: int = 0, health_check: bool = True, streamed: bool = True) -> tuple[float, dict]:
+            """health_check=False: the same install with the health-check handler made a no-op (a measuring
+            device only, to separate the gate's cost: serving then loads the session in on_commit).
+            streamed=False: member digests are not taken during the download; verify hashes while copying."""
+            import agent.installer as installer_mod
+
             marks: list[tuple[str, float]] = []
 
             def emit(state, ok, details, error, deployment_id):
@@ -439,9 +461,15 @@ def bench_install(work: Path, args) -> dict:
                                                     serving_threads(threads, profile.threads)))  # reuse if given
 
             inst = Installer(data_dir, profile, store.root_path, emit, threads=threads, on_commit=on_commit)
-            t0 = time.perf_counter()
-            rec = inst.install(InstallRequest(deployment_id=f"bench-{i}", url=url, sha256=sha, length=length))
-            elapsed = time.perf_counter() - t0
+            if not health_check:
+                inst.handlers["health_check"] = lambda rec: None
+            installer_mod.STREAMED_DIGESTS = streamed
+            try:
+                t0 = time.perf_counter()
+                rec = inst.install(InstallRequest(deployment_id=f"bench-{i}", url=url, sha256=sha, length=length))
+                elapsed = time.perf_counter() - t0
+            finally:
+                installer_mod.STREAMED_DIGESTS = True
             if rec.state != "committed" or len(served) != 1:
                 raise RuntimeError(f"install ended in {rec.state}: {rec.error}")
             states = {s: (marks[k + 1][1] - t) for k, (s, t) in enumerate(marks[:-1])}
@@ -485,12 +513,20 @@ def bench_install(work: Path, args) -> dict:
             mqtt_s.append(fetch_mqtt(i))
             cand_m_s.append(candidate_mqtt(i))
         baseline(-1), candidate(-1), candidate(-2, threads=1), candidate_previous(-1)  # warm-up (page cache, tuf)
-        base_s, cand_s, per_state, cand1_s, per_state1, prev_s = [], [], [], [], [], []
+        candidate(-3, health_check=False), candidate(-4, streamed=False)
+        base_s, cand_s, per_state, cand1_s, per_state1, prev_s, nohc_s, per_state_nohc = [], [], [], [], [], [], [], []
+        copyhash_s, per_state_copyhash = [], []
         for i in range(args.install_runs):
             base_s.append(baseline(i))
             t, states = candidate(i)
             cand_s.append(t)
             per_state.append(states)
+            t, states = candidate(2000 + i, health_check=False)
+            nohc_s.append(t)
+            per_state_nohc.append(states)
+            t, states = candidate(3000 + i, streamed=False)
+            copyhash_s.append(t)
+            per_state_copyhash.append(states)
             prev_s.append(candidate_previous(i))
             t, states = candidate(1000 + i, threads=1)
             cand1_s.append(t)
@@ -502,6 +538,7 @@ def bench_install(work: Path, args) -> dict:
             mqtt.close()
 
     health_ab = bench_health_check(work, bundle, store, serving_threads(0, profile.threads), runs=40)
+    verify_ab = bench_verify(work, bundle, store, runs=30)
     med_b, med_c, med_1 = statistics.median(base_s), statistics.median(cand_s), statistics.median(cand1_s)
     med_h, med_m = statistics.median(http_s), statistics.median(mqtt_s)
     state_names = list(per_state[0])
@@ -521,6 +558,21 @@ def bench_install(work: Path, args) -> dict:
             "ratio_over_baseline": round(statistics.median(prev_s) / med_b, 3)},
         "goal_ratio": 1.5,
         "per_state_median_s": {s: round(statistics.median(r[s] for r in per_state), 4) for s in state_names},
+        "candidate_without_health_check": {
+            "what": "the same install with the health-check handler made a no-op (measurement only: the agent "
+                    "never skips it); serving loads the session in on_commit instead, and the switch waits for "
+                    "the slot fsync that otherwise overlaps the check",
+            "median_s": round(statistics.median(nohc_s), 4), "all_s": [round(v, 4) for v in nohc_s],
+            "ratio_over_baseline": round(statistics.median(nohc_s) / med_b, 3),
+            "per_state_median_s": {s: round(statistics.median(r[s] for r in per_state_nohc), 4) for s in state_names}},
+        "candidate_hash_while_copying": {
+            "what": "the same install without member digests taken during the download (STREAMED_DIGESTS = "
+                    "False): verify reads every member back and hashes it while copying, interleaved",
+            "median_s": round(statistics.median(copyhash_s), 4), "all_s": [round(v, 4) for v in copyhash_s],
+            "ratio_over_baseline": round(statistics.median(copyhash_s) / med_b, 3),
+            "per_state_median_s": {s: round(statistics.median(r[s] for r in per_state_copyhash), 4)
+                                   for s in state_names}},
+        "verify_ab": verify_ab,
         "candidate_installer_threads_1": {
             "median_s": round(med_1, 4), "all_s": [round(v, 4) for v in cand1_s],
             "ratio_over_baseline": round(med_1 / med_b, 3),
@@ -578,6 +630,48 @@ def bench_health_check(work: Path, bundle: Path, store, threads: int, runs: int)
             "ratio_current_over_previous_median": round(statistics.median(cur) / statistics.median(prev), 3)}
 
 
+def bench_verify(work: Path, bundle: Path, store, runs: int) -> dict:
+    """``open_bundle`` (TUF + member checks + extraction) with member digests taken while the bundle
+    streamed in (what the installer's download now hands over) vs hashing while copying (bench
+    flashing, or after a crash), interleaved; plus what taking the digests costs on its own
+    (``MemberDigests`` over the file in 256 KiB pieces, the work moved into the download)."""
+    from edgekit.core import bundle as bundle_mod
+    from edgekit.core import trust
+
+    root = trust.load_trusted_root(store.root_path.read_bytes(), None)
+    data = bundle.read_bytes()
+
+    def digests() -> dict:
+        md = bundle_mod.MemberDigests()
+        for k in range(0, len(data), 1 << 18):
+            md.feed(data[k:k + (1 << 18)])
+        return md.result()
+
+    streamed = digests()
+
+    def one(known) -> float:
+        dest = work / "verify-ab"
+        shutil.rmtree(dest, ignore_errors=True)
+        t0 = time.perf_counter()
+        bundle_mod.open_bundle(bundle, root, dest, streamed=known)
+        return (time.perf_counter() - t0) * 1000
+
+    one(None), one(streamed)
+    copy_hash, kernel_copy, tap = [], [], []
+    for _ in range(runs):
+        copy_hash.append(one(None))
+        kernel_copy.append(one(streamed))
+        t0 = time.perf_counter()
+        digests()
+        tap.append((time.perf_counter() - t0) * 1000)
+    shutil.rmtree(work / "verify-ab", ignore_errors=True)
+    med = lambda v: round(statistics.median(v), 2)  # noqa: E731
+    return {"what": "open_bundle of the install bundle, interleaved, median ms", "runs": runs,
+            "hash_while_copying_ms": med(copy_hash), "streamed_digests_kernel_copy_ms": med(kernel_copy),
+            "ratio": round(statistics.median(kernel_copy) / statistics.median(copy_hash), 3),
+            "member_digests_alone_ms": med(tap)}
+
+
 class stack_mqtt:
     """A managed mosquitto, the registry's ChunkServer on ``store`` and one device-side connection."""
 
@@ -630,7 +724,8 @@ def print_table(res: dict) -> None:
     c = inf["c_local_endpoint"]
     print(f"{'C baseline (interleaved with C)':34} {c['baseline_raw_onnxruntime']['p50_ms']:8.3f} "
           f"{c['baseline_raw_onnxruntime']['p95_ms']:8.3f} {c['baseline_raw_onnxruntime']['p99_ms']:8.3f}")
-    for k in ("tcp_binary", "unix_binary", "tcp_json", "tcp_binary_server_side"):
+    for k in ("tcp_binary", "unix_binary", "unix_framed", "tcp_framed", "tcp_json", "tcp_binary_server_side",
+              "unix_framed_server_side"):
         p, r = c[k], c[k]["ratio_over_baseline"]
         print(f"{'C endpoint ' + k:34} {p['p50_ms']:8.3f} {p['p95_ms']:8.3f} {p['p99_ms']:8.3f}"
               f"   {r['p50_ms']}/{r['p95_ms']}/{r['p99_ms']}")
@@ -642,6 +737,15 @@ def print_table(res: dict) -> None:
     print(f"{'Installer.install':34} {ins['candidate_installer']['median_s']:8.3f} s   "
           f"ratio {ins['ratio_candidate_over_baseline']} (goal <= {ins['goal_ratio']})")
     print("  per state (median s): " + ", ".join(f"{k} {v}" for k, v in ins["per_state_median_s"].items()))
+    nohc = ins["candidate_without_health_check"]
+    print(f"{'  without the health check':34} {nohc['median_s']:8.3f} s   ratio {nohc['ratio_over_baseline']}")
+    print("    per state (median s): " + ", ".join(f"{k} {v}" for k, v in nohc["per_state_median_s"].items()))
+    ch = ins["candidate_hash_while_copying"]
+    print(f"{'  hash while copying (no tap)':34} {ch['median_s']:8.3f} s   ratio {ch['ratio_over_baseline']}")
+    print("    per state (median s): " + ", ".join(f"{k} {v}" for k, v in ch["per_state_median_s"].items()))
+    va = ins["verify_ab"]
+    print(f"{'verify (open_bundle) ms':34} streamed digests {va['streamed_digests_kernel_copy_ms']} vs hash while "
+          f"copying {va['hash_while_copying_ms']} (ratio {va['ratio']}; digests alone {va['member_digests_alone_ms']})")
     hc = ins["health_check_ab"]
     print(f"{'health check alone, quartiles (ms)':34} current {hc['current_ms_quartiles']} vs previous "
           f"{hc['previous_ms_quartiles']} (median ratio {hc['ratio_current_over_previous_median']})")

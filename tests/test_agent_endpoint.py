@@ -53,13 +53,13 @@ def golden(bundle):
     return parity.load_golden(path)
 
 
-@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize("mode", ["binary", "json", "framed"])
 @pytest.mark.parametrize("via", ["tcp", "unix"])
-def test_endpoint_answers_like_the_golden_vectors(served, binary, via):
+def test_endpoint_answers_like_the_golden_vectors(served, mode, via):
     ready, sock, bundle = served
     assert ready["model"] == "digits-cnn" and ready["endpoint_port"] > 0
     client = LocalClient(port=ready["endpoint_port"]) if via == "tcp" else LocalClient(socket_path=sock)
-    client.binary = binary
+    client.binary, client.framed = mode != "json", mode == "framed"
     ins, outs = golden(bundle)
     try:
         for i in range(3):  # several requests on one kept-alive connection
@@ -98,11 +98,63 @@ def test_endpoint_refuses_bad_requests_with_specific_errors(served):
     client.close()
 
 
+def test_framed_stream_refuses_bad_requests_and_mixes_with_http(served):
+    """The framed stream (edgekit.core.frames STREAM_*) on a raw Unix socket: answers, specific
+    errors in the framed format, and HTTP on the same connection."""
+    import socket
+
+    ready, sock_path, bundle = served
+    ins, outs = golden(bundle)
+
+    def exchange(sock, data):
+        sock.sendall(data)
+        head = sock.recv(frames.STREAM_RESPONSE.size, socket.MSG_WAITALL)
+        magic, status, latency_ms, length = frames.STREAM_RESPONSE.unpack(head)
+        body = sock.recv(length, socket.MSG_WAITALL) if length else b""
+        assert magic == frames.STREAM_MAGIC and len(body) == length
+        return status, latency_ms, body
+
+    def request(frame):
+        return frames.STREAM_REQUEST.pack(frames.STREAM_MAGIC, len(frame)) + frame
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(sock_path))
+        status, latency_ms, body = exchange(s, request(frames.encode({"input": ins["input"][:1]})))
+        assert status == 200 and latency_ms > 0
+        assert np.allclose(frames.decode(body)["logits"], outs["logits"][:1], atol=1e-4)
+        for frame, want_status, want in [
+                (frames.encode({"input": ins["input"][:1]})[:-7], 400, "ends 7 bytes early"),
+                (b"EKT0" + b"\0" * 4, 400, "not a tensor frame"),
+                (frames.encode({"nope": np.zeros((1, 1, 8, 8), np.float32)}), 400, "inference failed")]:
+            status, _, body = exchange(s, request(frame))  # errors keep the connection open
+            err = json.loads(body)["error"]
+            assert status == want_status and want in err["message"], err
+        s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")  # HTTP on the same connection
+        assert s.recv(4096).startswith(b"HTTP/1.1 200 OK")
+        status, _, body = exchange(s, frames.STREAM_REQUEST.pack(frames.STREAM_MAGIC, (64 << 20) + 1))
+        assert status == 413 and "exceeds" in json.loads(body)["error"]["message"]
+        assert s.recv(1) == b""  # an oversized request closes the connection
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(sock_path))
+        status, _, body = exchange(s, b"EKX9" + b"\0" * 4)
+        assert status == 400 and "not an edgekit framed request" in json.loads(body)["error"]["message"]
+    client = LocalClient(socket_path=sock_path, framed=True)
+    with pytest.raises(ModelError, match="inference failed"):
+        client.infer({"nope": np.zeros((1, 1, 8, 8), np.float32)})
+    assert client.infer({"input": ins["input"][:1]})["logits"].shape == (1, 10) and client.last_latency_ms > 0
+    client.close()
+
+
 def test_endpoint_without_a_model_answers_503(tmp_path, broker, keystore):
     proc, ready, sock = endpoint_agent(tmp_path, broker, keystore)
     try:
         client = LocalClient(socket_path=sock)
         assert "model" not in ready
+        with pytest.raises(ModelError, match="no model installed"):
+            client.infer({"input": np.zeros((1, 1, 8, 8), np.float32)})
+        client.framed = True
         with pytest.raises(ModelError, match="no model installed"):
             client.infer({"input": np.zeros((1, 1, 8, 8), np.float32)})
         client.close()

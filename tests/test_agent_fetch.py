@@ -194,3 +194,61 @@ def test_slow_retrieval_fails_the_install_and_keeps_the_old_model(server, tmp_pa
     assert events[-1] == ("failed", "slow_retrieval")
     assert inst.slots.installed()["version"] == "1.0.0"
     assert not list((tmp_path / "data" / "downloads").iterdir())
+
+
+# -- member digests taken while the bundle streams in (edgekit.core.bundle.MemberDigests) --------------
+def _tar_digests(data: bytes) -> dict:
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {i.name: (i.offset_data, i.size, hashlib.sha256(data[i.offset_data:i.offset_data + i.size]).hexdigest())
+                for i in tar}
+
+
+def test_member_digests_follow_cut_resumed_and_restarted_downloads(server, tmp_path, make_bundle):
+    from edgekit.core.bundle import MemberDigests
+
+    body = make_bundle(version="1.0.0").read_bytes()
+    server.body, server.faults = body, ["cut", "cut", "ignore-range"]
+    (tmp_path / "b.bundle.part").write_bytes(body[:777])  # and a .part left by a crash
+    tap = MemberDigests()
+    download(server.url, tmp_path / "b.bundle", length=len(body), sha256=hashlib.sha256(body).hexdigest(),
+             backoff_s=0.01, tap=tap)
+    assert server.requests[0] == "bytes=777-" and len(server.requests) == 3  # the last one restarts at 0
+    assert tap.result() == _tar_digests(body)
+
+
+def test_streamed_digests_are_still_checked_against_the_signature(server, tmp_path, keystore, make_bundle,
+                                                                  monkeypatch):
+    """A bundle whose bytes match the notice's SHA-256 but whose model was altered after signing: the
+    digest taken during the download is refused by the signed entry, nothing is staged."""
+    import tarfile
+
+    from agent.installer import InstallRequest, Installer
+    from edgekit.core import bundle as bundle_mod
+    from edgekit.core.profiles import load_profile
+
+    kernel_copies: list[str] = []
+    real_copy = bundle_mod._copy_range
+    monkeypatch.setattr(bundle_mod, "_copy_range", lambda fd, dest, off, size: (kernel_copies.append(dest.name),
+                                                                                real_copy(fd, dest, off, size)))
+    inst = Installer(tmp_path / "data", load_profile("raspberry-pi-4"), keystore.root_path,
+                     lambda *a: None, health_runs=3)
+    good = make_bundle(version="1.0.0").read_bytes()
+    server.body = good
+    rec = inst.install(InstallRequest("v1", url=server.url, sha256=hashlib.sha256(good).hexdigest(), length=len(good)))
+    assert rec.state == "committed" and "model.onnx" in kernel_copies  # the streamed path was taken
+
+    b2 = make_bundle(version="2.0.0")
+    with tarfile.open(b2) as tar:
+        at = tar.getmember("model.onnx").offset_data + 100
+    bad = bytearray(b2.read_bytes())
+    bad[at] ^= 0xFF
+    server.body, kernel_copies[:] = bytes(bad), []
+    rec = inst.install(InstallRequest("v2", url=server.url, sha256=hashlib.sha256(bad).hexdigest(), length=len(bad)))
+    assert rec.state == "failed" and rec.error["code"] == "integrity"
+    assert "'model.onnx' does not match its signed hash" in rec.error["message"]
+    assert "model.onnx" not in kernel_copies  # checked before any byte of it was copied
+    assert inst.slots.installed()["version"] == "1.0.0"
+    assert not (tmp_path / "data" / "work" / "v2").exists()

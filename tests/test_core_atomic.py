@@ -110,3 +110,19 @@ def test_remove_tree_is_quiet(tmp_path):
     atomic.remove_tree(tmp_path / "d")
     atomic.remove_tree(tmp_path / "d")  # already gone: no error
     assert not (tmp_path / "d").exists()
+
+
+def test_non_durable_write_is_atomic_but_skips_fsync(tmp_path, monkeypatch):
+    import os
+
+    from edgekit.core import atomic
+
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    target = tmp_path / "state.json"
+    atomic.atomic_write_json(target, {"v": 1})
+    assert len(calls) == 2  # the file and its directory
+    atomic.atomic_write_json(target, {"v": 2}, durable=False)
+    assert len(calls) == 2 and atomic.read_json(target) == {"v": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary left behind

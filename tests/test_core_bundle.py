@@ -374,3 +374,55 @@ def test_bundle_file_name_and_sha(good):
     digest, size = bundle.file_sha256(good)
     import hashlib
     assert (digest, size) == (hashlib.sha256(good.read_bytes()).hexdigest(), good.stat().st_size)
+
+
+def test_member_digests_match_tarfile_for_any_chunking():
+    """The streaming reader agrees with tarfile on names, offsets and sizes (ustar, pax long and
+    non-ASCII names, empty members), whatever the piece sizes; a truncated stream gives None."""
+    import hashlib
+    import io
+    import random
+    import tarfile
+
+    from edgekit.core.bundle import MemberDigests
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, payload in [("manifest.json", b"{}" * 300), ("a" * 150, b"x" * 1000), ("é.txt", b""),
+                              ("dir/" + "b" * 120, b"y" * 513), ("model.onnx", bytes(range(256)) * 40)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    data = buf.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        want = {i.name: (i.offset_data, i.size, hashlib.sha256(data[i.offset_data:i.offset_data + i.size]).hexdigest())
+                for i in tar}
+    rng = random.Random(5)
+    for _ in range(20):
+        md, pos = MemberDigests(), 0
+        while pos < len(data):
+            n = rng.choice([1, 7, 511, 512, 513, 4096, 1 << 16])
+            md.feed(memoryview(data)[pos:pos + n])
+            pos += n
+        assert md.result() == want
+    md, reused = MemberDigests(), bytearray(4096)  # a caller that reuses its read buffer
+    for pos in range(0, len(data), 4096):
+        piece = data[pos:pos + 4096]
+        reused[:len(piece)] = piece
+        md.feed(memoryview(reused)[:len(piece)])
+    reused[:] = bytes(4096)
+    assert md.result() == want
+    md = MemberDigests()
+    md.feed(data[:len(data) // 2])
+    assert md.result() is None  # never reached the end-of-archive blocks
+    md = MemberDigests()
+    md.feed(b"garbage" * 100)
+    md.reset()
+    md.feed(data)
+    assert md.result() == want
+    bad = bytearray(data[:512])
+    bad[124:136] = b"not-octal!!\0"  # a malformed size: the reader gives up, the feeder never blocks
+    md = MemberDigests()
+    for _ in range(3 * MemberDigests.QUEUED):
+        md.feed(bytes(bad))
+    assert md.result() is None

@@ -119,3 +119,74 @@ def test_recover_without_interrupted_install_is_a_no_op(tmp_path, keystore, make
     assert inst.recover() is None
     assert inst.install(InstallRequest("d1", bundle_path=str(make_bundle(release=50)))).state == "committed"
     assert make_installer(tmp_path, keystore).recover() is None
+
+
+@pytest.mark.parametrize("lost_to", ["previous-record", "torn-file"])
+@pytest.mark.parametrize("state", ["verifying", "staging", "health_check"])
+def test_a_power_cut_that_loses_the_non_durable_records_still_leaves_a_serving_model(
+        state, lost_to, tmp_path, keystore, make_bundle):
+    """Records before DURABLE_STATES are not fsynced (ADR 0012): a power cut may bring back the last
+    durable record (the previous install's final one) or, on some filesystems, a torn file. The
+    device then serves the previous model, and the next deployment overwrites the inactive slot."""
+    v1, v2 = make_bundle(version="1.0.0", release=30), make_bundle(version="2.0.0", release=31)
+    assert make_installer(tmp_path, keystore).install(InstallRequest("d1", bundle_path=str(v1))).state == "committed"
+    durable = (tmp_path / "state.json").read_bytes()
+    inst = make_installer(tmp_path, keystore)
+    crash_in(inst, state, after_side_effect=True)
+    with pytest.raises(PowerCut):
+        inst.install(InstallRequest("d2", bundle_path=str(v2)))
+    (tmp_path / "state.json").write_bytes(durable if lost_to == "previous-record" else b'{"request": {"deploy')
+    assert make_installer(tmp_path, keystore).recover() is None  # nothing to resume ...
+    assert inst.slots.installed()["version"] == "1.0.0"          # ... and the old model serves
+    rec = make_installer(tmp_path, keystore).install(InstallRequest("d3", bundle_path=str(v2)))
+    assert rec.state == "committed" and inst.slots.installed()["version"] == "2.0.0"
+
+
+def test_only_records_before_a_slot_switch_and_the_final_one_are_fsynced(tmp_path, keystore, make_bundle,
+                                                                         monkeypatch):
+    """ADR 0012: the durable "switching" record, then the switch (symlink rename, not fsynced on its
+    own), then the durable final record whose directory fsync also persists the symlink (same dir)."""
+    import agent.installer as installer_mod
+    import agent.slots as slots_mod
+
+    saved: list[tuple[str, bool]] = []
+    real_json, real_link = installer_mod.atomic_write_json, slots_mod.atomic_symlink
+
+    def spy_json(path, obj, durable=True):
+        if path.name == "state.json":
+            saved.append((obj["state"], durable))
+        return real_json(path, obj, durable=durable)
+
+    def spy_link(target, link, durable=True):
+        assert link.parent == tmp_path  # the directory the final record's fsync covers
+        saved.append(("current -> " + target, durable))
+        return real_link(target, link, durable)
+
+    monkeypatch.setattr(installer_mod, "atomic_write_json", spy_json)
+    monkeypatch.setattr(slots_mod, "atomic_symlink", spy_link)
+    v1 = make_bundle(version="1.0.0", release=40)
+    assert make_installer(tmp_path, keystore).install(InstallRequest("d1", bundle_path=str(v1))).state == "committed"
+    assert saved == [("verifying", False), ("staging", False), ("health_check", False), ("switching", True),
+                     ("current -> slots/a", False), ("committed", True)]
+
+
+@pytest.mark.parametrize("background_fails", [False, True])
+def test_the_slot_is_fsynced_before_the_switch_once_or_again_if_the_background_sync_failed(
+        background_fails, tmp_path, keystore, make_bundle, monkeypatch):
+    import threading
+
+    import agent.slots as slots_mod
+
+    calls: list[str] = []
+    real = slots_mod.Slots.sync
+
+    def sync(self, slot):
+        calls.append(threading.current_thread().name)
+        if background_fails and threading.current_thread().name == "slot-sync":
+            raise OSError(5, "I/O error")
+        return real(self, slot)
+
+    monkeypatch.setattr(slots_mod.Slots, "sync", sync)
+    v1 = make_bundle(version="1.0.0", release=50)
+    assert make_installer(tmp_path, keystore).install(InstallRequest("d1", bundle_path=str(v1))).state == "committed"
+    assert calls == (["slot-sync", "MainThread"] if background_fails else ["slot-sync"])

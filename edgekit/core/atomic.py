@@ -35,10 +35,12 @@ def _storage_error(exc: OSError, path: Path) -> StorageError:
 
 
 @contextmanager
-def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+def atomic_writer(path: str | os.PathLike, mode: str = "wb", durable: bool = True) -> Iterator[Any]:
     """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
 
-    On any exception the temporary file is removed and ``path`` is untouched.
+    On any exception the temporary file is removed and ``path`` is untouched. ``durable=False``
+    skips both fsyncs: still atomic for every reader and across a process crash (kill -9), but a
+    power cut may bring back the previous content (or, on some filesystems, an empty file).
     """
     path = Path(path)
     try:
@@ -50,9 +52,11 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except OSError as exc:
         _unlink_quiet(tmp)
         raise _storage_error(exc, path) from exc
@@ -68,13 +72,13 @@ def _unlink_quiet(path: str | Path) -> None:
         pass
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_writer(path, "wb") as fh:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    with atomic_writer(path, "wb", durable) as fh:
         fh.write(data)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def atomic_write_json(path: str | os.PathLike, obj: Any, durable: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), durable)
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:
@@ -85,15 +89,17 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return default
 
 
-def atomic_symlink(target: str, link: str | os.PathLike) -> None:
-    """Point ``link`` at ``target`` atomically (create a temp link, rename over)."""
+def atomic_symlink(target: str, link: str | os.PathLike, durable: bool = True) -> None:
+    """Point ``link`` at ``target`` atomically (create a temp link, rename over). ``durable=False``
+    leaves the directory fsync to the caller (e.g. one later fsync of the same directory)."""
     link = Path(link)
     tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
     _unlink_quiet(tmp)
     try:
         os.symlink(target, tmp)
         os.replace(tmp, link)
-        fsync_dir(link.parent)
+        if durable:
+            fsync_dir(link.parent)
     except OSError as exc:
         _unlink_quiet(tmp)
         raise _storage_error(exc, link) from exc

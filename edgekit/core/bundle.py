@@ -158,10 +158,146 @@ def peek_manifest(path: str | Path) -> dict:
                           hint="Pass a .bundle file written by `edgekit release`.") from None
 
 
-def _extract_verified(path: str | Path, members: dict[str, tarfile.TarInfo], md, dest: Path) -> None:
+class MemberDigests:
+    """SHA-256 of every regular member of a bundle's tar, computed while the bundle's bytes stream
+    past (the downloader :meth:`feed` s each piece as it writes it), in a worker thread so that
+    on a multi-core device it overlaps the download's own whole-file hash (``hashlib`` releases
+    the GIL). :meth:`result` gives ``{name: (offset_data, size, sha256 hex)}``, or None when the
+    stream held something this reader does not follow (GNU long names, a truncated tar...): the
+    verifier then hashes while it copies, as for a bundle file that was never streamed.
+
+    Only a shortcut: :func:`open_bundle` still parses the file with ``tarfile`` and uses a digest
+    only for a member whose (name, offset, size) agree, and still checks it against the signed entry.
+    """
+
+    _RESET = object()
+    QUEUED = 64  # pieces waiting for the worker at most (backpressure: 16 MiB of 256 KiB reads)
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self._q: queue.Queue = queue.Queue(self.QUEUED)
+        self._out: dict | None = None
+        self._thread = threading.Thread(target=self._run, name="member-digests", daemon=True)
+        self._thread.start()
+
+    def feed(self, chunk) -> None:
+        if not isinstance(chunk, bytes) and not (isinstance(chunk, memoryview) and isinstance(chunk.obj, bytes)):
+            chunk = bytes(chunk)  # a mutable buffer the caller may reuse: keep a copy
+        self._q.put(chunk)
+
+    def reset(self) -> None:
+        """The stream starts over from byte 0 (a server ignored the Range request)."""
+        self._q.put(self._RESET)
+
+    def result(self) -> dict | None:
+        self._q.put(None)
+        self._thread.join()
+        return self._out
+
+    def _run(self) -> None:
+        import hashlib
+
+        while True:
+            reader = _TarStream(hashlib.sha256)
+            while (item := self._q.get()) is not None and item is not self._RESET:
+                try:
+                    reader.feed(item)
+                except Exception:  # noqa: BLE001 - malformed headers: open_bundle (tarfile) says what is wrong
+                    reader.ok = False
+            if item is None:
+                self._out = reader.digests if reader.ok and reader.ended else None
+                return
+
+
+class _TarStream:
+    """Incremental ustar/pax reader: headers parsed, regular members' data hashed, nothing stored."""
+
+    def __init__(self, new_hash) -> None:
+        self.new_hash, self.pos, self.ok, self.ended = new_hash, 0, True, False
+        self.digests: dict[str, tuple[int, int, str]] = {}
+        self._head = bytearray()
+        self._pax: dict[str, str] = {}
+        self._member: tuple | None = None     # (kind, name, offset, size, hash or buffer, left)
+        self._skip = 0
+
+    def feed(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view and self.ok and not self.ended:
+            if self._skip:
+                n = min(self._skip, len(view))
+                self._skip -= n
+            elif self._member is not None:
+                kind, name, offset, size, acc, left = self._member
+                n = min(left, len(view))
+                (acc.update if kind == "file" else acc.extend)(view[:n])
+                self._member = (kind, name, offset, size, acc, left - n)
+                if left == n:
+                    self._end_member()
+            else:
+                n = min(512 - len(self._head), len(view))
+                self._head += view[:n]
+            view = view[n:]
+            self.pos += n
+            if len(self._head) == 512:  # self.pos is now where the member's data starts
+                block = bytes(self._head)
+                self._head.clear()
+                self._header(block)
+
+    def _header(self, block: bytes) -> None:
+        if block == bytes(512):
+            self.ended = True
+            return
+        try:
+            name = block[0:100].split(b"\0", 1)[0].decode()
+            prefix = block[345:500].split(b"\0", 1)[0].decode() if block[257:262] == b"ustar" else ""
+            size = int(block[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:  # base-256 sizes, garbage: leave it to tarfile
+            self.ok = False
+            return
+        kind = block[156:157]
+        if kind == b"x":    # pax extended header: path/size of the next member
+            if size > MAX_METADATA_BYTES:
+                self.ok = False
+                return
+            self._member = ("pax", name, self.pos, size, bytearray(), size)
+        elif kind == b"g":  # pax global header: nothing edgekit writes needs it
+            self._skip = size + (-size % 512)
+            return
+        elif kind in (b"0", b"\0"):
+            name = self._pax.pop("path", f"{prefix}/{name}" if prefix else name)
+            size = int(self._pax.pop("size", size))
+            self._pax.clear()
+            self._member = ("file", name, self.pos, size, self.new_hash(), size)
+        else:  # links, devices, GNU long names: open_bundle refuses or parses them itself
+            self.ok = False
+            return
+        if size == 0:
+            self._end_member()
+
+    def _end_member(self) -> None:
+        kind, name, offset, size, acc, _ = self._member
+        self._member = None
+        if kind == "file":
+            self.digests[name] = (offset, size, acc.hexdigest())
+        else:
+            try:
+                for record in bytes(acc).decode().splitlines():
+                    key, _, value = record.split(" ", 1)[1].partition("=")
+                    self._pax[key] = value
+            except (ValueError, IndexError, UnicodeDecodeError):
+                self.ok = False
+        self._skip = -size % 512
+
+
+def _extract_verified(path: str | Path, members: dict[str, tarfile.TarInfo], md, dest: Path,
+                      streamed: dict | None = None) -> None:
     """Copy each member out of the (uncompressed) tar and hash it in the same pass, then check the
-    digest against the signed entry: every byte is read once, through one reused buffer. Not
-    fsynced here: the installer makes the slot durable before it switches to it."""
+    digest against the signed entry: every byte is read once, through one reused buffer. A member
+    whose digest was taken while the bundle streamed in (``streamed``, :class:`MemberDigests`, at
+    the same offset and size) is checked first and then copied by the kernel without being read
+    back. Not fsynced here: the installer makes the slot durable before it switches to it."""
     import hashlib
 
     from . import trust
@@ -169,6 +305,11 @@ def _extract_verified(path: str | Path, members: dict[str, tarfile.TarInfo], md,
     buf = memoryview(bytearray(1 << 20))
     with open(path, "rb", buffering=0) as src:
         for name, info in members.items():
+            known = (streamed or {}).get(name)
+            if known is not None and known[:2] == (info.offset_data, info.size):
+                trust.verify_member_digest(md, name, info.size, known[2])
+                _copy_range(src.fileno(), dest / name, info.offset_data, info.size)
+                continue
             h, left, got = hashlib.sha256(), info.size, 0
             src.seek(info.offset_data)
             with open(dest / name, "wb", buffering=0) as out:
@@ -181,16 +322,33 @@ def _extract_verified(path: str | Path, members: dict[str, tarfile.TarInfo], md,
             trust.verify_member_digest(md, name, got, h.hexdigest())  # short read (truncated) fails here
 
 
+def _copy_range(src_fd: int, dest: Path, offset: int, size: int) -> None:
+    """``size`` bytes of ``src_fd`` from ``offset`` into a new file, in the kernel (copy_file_range)."""
+    import os
+
+    with open(dest, "wb", buffering=0) as out:
+        while size:
+            try:
+                n = os.copy_file_range(src_fd, out.fileno(), size, offset)
+            except OSError:  # a filesystem or kernel without it: plain reads and writes
+                data = os.pread(src_fd, min(size, 1 << 20), offset)
+                n = len(data) and out.write(data)
+            if not n:
+                raise IntegrityError(f"bundle ends before member {dest.name!r} does (truncated?)")
+            offset, size = offset + n, size - n
+
+
 def open_bundle(path: str | Path, root, dest: str | Path, *, reference_time: float | None = None,
                 allow_expired: bool = False, max_bytes: int = MAX_BUNDLE_BYTES,
                 root_history: Path | None = None, device_id: str | None = None,
-                device_key: Path | None = None) -> VerifiedBundle:
+                device_key: Path | None = None, streamed: dict | None = None) -> VerifiedBundle:
     """Verify ``path`` against the provisioned ``root`` metadata and extract it into ``dest``.
 
     Newer roots the bundle carries are followed first (and persisted to ``root_history``, see
     :func:`edgekit.core.trust.update_root`). ``dest`` must not exist yet; on any failure it is
     removed again. An encrypted artifact (manifest ``encryption``) is decrypted with
     ``device_key`` (this device's X25519 key) after every signature and hash has been checked.
+    ``streamed``: member digests taken while the file was downloaded (:class:`MemberDigests`).
     """
     from . import trust
     from .atomic import remove_tree
@@ -224,7 +382,7 @@ def open_bundle(path: str | Path, root, dest: str | Path, *, reference_time: flo
             if extra := sorted(members.keys() - signed):
                 raise IntegrityError(f"bundle holds member(s) {extra} that are not signed")
             dest.mkdir(parents=True)
-            _extract_verified(path, members, md, dest)
+            _extract_verified(path, members, md, dest, streamed)
     except tarfile.TarError as exc:
         remove_tree(dest)
         raise IntegrityError(f"bundle is corrupt: {exc}") from None

@@ -10,6 +10,14 @@ the JSON form is :mod:`edgekit.core.tensors`. All integers little-endian::
               5 int16, 6 int32, 7 int64, 8 bool)
     data    = prod(dims) × itemsize bytes, little-endian, C order, no padding
 
+The local endpoint also speaks a *framed stream* beside HTTP (no request line, no headers: one
+fixed header each way), told apart from HTTP by its first byte (no HTTP method starts with "E")::
+
+    request   = "EKS1" | u32 length | length bytes: a tensor frame
+    response  = "EKS1" | u16 status | u16 0 | f64 latency_ms | u32 length | length bytes
+    status    = 200: the body is a tensor frame of the outputs; otherwise an HTTP status code
+                (400, 413, 503, 500) and the body is JSON {"error": {code, message, hint}}
+
 Decoding is zero-copy (arrays are read-only views of the frame, aligned when the frame buffer is)
 and defensive: every length is checked against the remaining bytes and the element cap of
 :mod:`tensors` before use.
@@ -32,6 +40,9 @@ _HEAD = struct.Struct("<4sI")
 _NAME = struct.Struct("<H")
 _SHAPE = struct.Struct("<BB")
 _CODES = {name: i for i, name in enumerate(DTYPES)}
+STREAM_MAGIC = b"EKS1"
+STREAM_REQUEST = struct.Struct("<4sI")         # magic, body length
+STREAM_RESPONSE = struct.Struct("<4sHxxdI")    # magic, status, latency_ms, body length
 
 
 def encode(tensors: dict[str, np.ndarray]) -> bytes:
