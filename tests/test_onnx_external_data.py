@@ -10,10 +10,8 @@ import json
 
 import onnx
 import onnxruntime as ort
-from click.testing import CliRunner
 
 from converters import preprocess
-from edgekit.cli.main import cli
 from test_onnx_convert import CAL, MODEL, VAL, run  # noqa: F401  (run: the scratch-checking CLI fixture)
 
 
