@@ -46,6 +46,10 @@ TREE = {
     e.AuthError: (e.EdgekitError, 10),
     e.ForbiddenError: (e.AuthError, 10),
     e.RollbackUnavailableError: (e.InstallError, 7),
+    e.TrustRepositoryError: (e.TrustError, 5),
+    e.NotReleasedError: (e.TrustRepositoryError, 5),
+    e.TrustMetadataExpiredError: (e.TrustRepositoryError, 5),
+    e.TrustMetadataRollbackError: (e.TrustRepositoryError, 5),
 }
 
 

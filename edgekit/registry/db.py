@@ -96,6 +96,7 @@ def open_db(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")  # concurrent writers (CLI, workers) wait, not fail
             cur.close()
     from . import catalog, inventory, rollout_store, tokens  # noqa: F401  (their tables join Base.metadata)
+    from . import trust_repo  # noqa: F401  (hosted TUF metadata, ADR 0010)
 
     Base.metadata.create_all(engine)
     return engine
