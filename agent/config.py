@@ -22,6 +22,8 @@ Example::
     min_rate_bps = 8192                 # slow-retrieval guard: a download must average this rate ...
     download_grace_s = 30               # ... with this much slack (deadline = grace + length / rate)
     mqtt_chunk_bytes = 262144           # chunk size for notices with transport "mqtt"
+    freshness = "auto"                  # HTTP installs: registry's hosted TUF metadata must list the bundle,
+                                        # fresh (auto: once seen; require; off) - agent/freshness.py, ADR 0010
     [endpoint]                          # optional: local inference for other processes (agent/endpoint.py)
     port = 8765                         # HTTP on 127.0.0.1 (0 = any free port; omit = no TCP endpoint)
     socket = "/run/edgekit/infer.sock"  # HTTP over a Unix socket (omit = none)
@@ -52,7 +54,9 @@ SCHEMA = {
     "inference": {"threads": (int, False, non_negative), "spin": (bool, False, None)},
     "install": {"allow_expired": (bool, False, None), "health_runs": (int, False, positive),
                 "health_timeout_s": ((int, float), False, positive), "min_rate_bps": ((int, float), False, positive),
-                "download_grace_s": ((int, float), False, non_negative), "mqtt_chunk_bytes": (int, False, positive)},
+                "download_grace_s": ((int, float), False, non_negative), "mqtt_chunk_bytes": (int, False, positive),
+                "freshness": (str, False, lambda v: None if v in ("auto", "require", "off")
+                              else "must be one of auto, require, off")},
     "endpoint": {"port": (int, False, non_negative), "socket": (str, False, None)},
     "streaming": {"streams": (list, False, lambda v: None if all(isinstance(x, str) and NAME_RE.fullmatch(x)
                                                                for x in v) else "must be a list of stream names")},
@@ -84,6 +88,7 @@ class AgentConfig:
     download_grace_s: float = 30.0
     mqtt_chunk_bytes: int = 256 * 1024     # MQTT transfer: bytes per chunk request
     spin: bool = False                     # onnxruntime pool threads busy-wait for work (off: shared CPUs)
+    freshness: str = "auto"                # hosted TUF check before HTTP installs (agent/freshness.py)
     path: Path | None = field(default=None, repr=False)
 
     @property
@@ -118,7 +123,7 @@ def load_config(path: str | Path) -> AgentConfig:
         endpoint_socket=(base / ep["socket"]).resolve() if ep.get("socket") else None,
         streams=list(raw.get("streaming", {}).get("streams", [])),
         min_rate_bps=float(ins.get("min_rate_bps", 8192)), download_grace_s=float(ins.get("download_grace_s", 30.0)),
-        mqtt_chunk_bytes=ins.get("mqtt_chunk_bytes", 256 * 1024),
+        mqtt_chunk_bytes=ins.get("mqtt_chunk_bytes", 256 * 1024), freshness=ins.get("freshness", "auto"),
         tls_identity=(base / mqtt["identity"]).resolve() if mqtt.get("identity") else None,
         path=path,
     )

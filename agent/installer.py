@@ -45,6 +45,8 @@ from .runtime import Runner, available_engines, load_runner, serving_threads
 from .slots import Slots
 
 TRANSITIONS: dict[tuple[str, str], str] = {
+    ("checking_release", "ok"): "downloading",  # HTTP notices: hosted TUF metadata lists it, fresh (ADR 0010)
+    ("checking_release", "fail"): "failed",
     ("downloading", "ok"): "verifying",
     ("verifying", "ok"): "staging",
     ("verifying", "already_installed"): "already_installed",
@@ -125,7 +127,8 @@ class Installer:
                  threads: int = 0, allow_expired: bool = False, health_runs: int = 20,
                  health_timeout_s: float = 60.0, on_commit: OnCommit | None = None, device_id: str | None = None,
                  device_key: Path | None = None, min_rate_bps: float | None = None, download_grace_s: float | None = None,
-                 chunk_source: "Callable[[InstallRequest], object] | None" = None, spin: bool = False) -> None:
+                 chunk_source: "Callable[[InstallRequest], object] | None" = None, spin: bool = False,
+                 freshness: str = "auto") -> None:
         self.data_dir = Path(data_dir)
         self.profile, self.trusted_root, self.emit = profile, trusted_root, emit
         self.threads, self.allow_expired, self.health_runs = threads, allow_expired, health_runs
@@ -143,7 +146,9 @@ class Installer:
             "downloading": self._download, "verifying": self._verify, "staging": self._stage,
             "health_check": self._health_check, "switching": self._switch, "rolling_back": self._roll_back,
             "rollback_check": self._rollback_check, "rollback_health": self._health_check,
+            "checking_release": self._check_release,
         }
+        self.freshness = freshness  # [install] freshness: auto | require | off (agent/freshness.py)
         self._verified_manifest: dict | None = None
         self._streamed: tuple[str, dict | None] | None = None  # (bundle path, MemberDigests result)
         from .fetch import GRACE_S, MIN_RATE_BPS
@@ -174,6 +179,8 @@ class Installer:
     # -- driver ------------------------------------------------------------------------------
     def install(self, request: InstallRequest) -> InstallRecord:
         first = "rollback_check" if request.kind == "rollback" else "downloading" if request.url else "verifying"
+        if first == "downloading" and request.transport == "http" and self.freshness != "off":
+            first = "checking_release"
         rec = InstallRecord(request=request, state=first, previous_slot=self.slots.current())
         return self._drive(rec)
 
@@ -226,6 +233,15 @@ class Installer:
         return rec
 
     # -- handlers (each idempotent) --------------------------------------------------------
+    def _check_release(self, rec: InstallRecord) -> None:
+        from .freshness import ReleaseCheck
+
+        req = rec.request
+        check = ReleaseCheck(self.data_dir, self.trusted_root, self.root_history, self._reference_time,
+                             self.freshness, deadline_s=max(self.download_grace_s, 1.0))
+        rec.details.update(check.check(req.url, model=req.model, version=req.version, profile=self.profile.id,
+                                       sha256=req.sha256, length=req.length))
+
     def _download(self, rec: InstallRecord) -> None:
         from .fetch import download
 

@@ -63,7 +63,7 @@ class Agent:
                                    health_runs=cfg.health_runs, health_timeout_s=cfg.health_timeout_s,
                                    on_commit=self._load_model, device_id=cfg.device_id, device_key=cfg.device_key,
                                    min_rate_bps=cfg.min_rate_bps, download_grace_s=cfg.download_grace_s,
-                                   chunk_source=self._chunk_source, spin=cfg.spin)
+                                   chunk_source=self._chunk_source, spin=cfg.spin, freshness=cfg.freshness)
         self.session = self._next_session()
 
     # -- model serving ---------------------------------------------------------------------

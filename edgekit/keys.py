@@ -9,7 +9,7 @@ Layout of a key store directory::
     private/retired/          keys replaced by `edgekit keys rotate` (revoked: no device accepts them)
 
 Roles: root (offline, threshold ≥ 1, e.g. 2 of 3), targets (signs releases), snapshot/timestamp
-(reserved for the online TUF repository), notices (online: signs deployment notices; listed in
+(online: the registry's hosted TUF repository, ``edgekit registry serve --trust``, ADR 0010), notices (online: signs deployment notices; listed in
 the root's signed ``x-edgekit-notices`` field).
 
 Only the host imports this module; devices get ``root.json`` and nothing else.
@@ -123,7 +123,7 @@ def _write_root(store: KeyStore, raw: bytes, version: int) -> None:
     atomic_write_bytes(store.root_path, raw)
 
 
-ROTATABLE = ("root", "targets", "notices")
+ROTATABLE = ("root", "targets", "notices", "snapshot", "timestamp")  # the last two: registry's online keys
 
 
 def rotate(store: KeyStore, role: str, *, expiry_days: float = 365) -> dict:

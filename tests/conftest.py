@@ -162,3 +162,33 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/registry.db"
     return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture
+def trust_registry_factory(tmp_path, broker, keystore, monkeypatch):
+    """start(keys=keystore, db=None, **lifetimes) -> a started registry hosting TUF metadata (ADR 0010),
+    re-signing with the key store's snapshot/timestamp keys; ``reg.token`` is an operator token (also
+    exported). Lifetimes in seconds (timestamp=2 for re-signer tests). ``start.stop(reg)`` stops one
+    early (restart tests); the rest are stopped at teardown."""
+    from edgekit.registry.service import Registry
+
+    started = []
+
+    def start(keys=None, db=None, private_reads=False, **lifetimes):
+        db = db or f"sqlite:///{tmp_path}/trust-registry.db"
+        reg = Registry(db, tmp_path / "artifacts", "127.0.0.1", broker.port,
+                       notice_signer=(keys or keystore).notice_signer(), private_reads=private_reads,
+                       trust_keys=(keys or keystore).directory, trust_lifetimes=lifetimes or None).start()
+        reg.token = reg.create_token("operator", "tests")
+        monkeypatch.setenv("EDGEKIT_REGISTRY_TOKEN", reg.token)
+        started.append(reg)
+        return reg
+
+    def stop(reg):  # a test that restarts the registry stops it through here
+        started.remove(reg)
+        reg.stop()
+
+    start.stop = stop
+    yield start
+    for reg in started:
+        reg.stop()

@@ -25,7 +25,7 @@ from edgekit.core import topics
 from edgekit.core.mqtt import MqttConnection
 from edgekit.demo import Proc, provision_device
 
-STATES = sorted({s for s, _ in TRANSITIONS if s not in ("downloading", "rolling_back")
+STATES = sorted({s for s, _ in TRANSITIONS if s not in ("checking_release", "downloading", "rolling_back")
                   and not s.startswith("rollback_")})  # commanded rollbacks: tests/test_agent_rollback.py
 FLEET = "demo"
 
@@ -150,7 +150,7 @@ def test_full_disk_refuses_cleanly_and_keeps_serving(tiny_disk, broker, keystore
     assert status(cfg)["installed"]["version"] == "2.0.0"
 
 
-@pytest.mark.parametrize("point", ["downloading", "downloading+"])
+@pytest.mark.parametrize("point", ["checking_release", "checking_release+", "downloading", "downloading+"])
 def test_kill_9_while_downloading_an_ota_deployment(point, tmp_path, broker, registry, keystore, make_bundle,
                                                     monkeypatch):
     from edgekit.deploy import make_notice, push, read_manifest, upload
@@ -169,13 +169,13 @@ def test_kill_9_while_downloading_an_ota_deployment(point, tmp_path, broker, reg
         push(events.conn, FLEET, "dev-crash", notice)
         assert doomed.proc.wait(timeout=60) == -9
         mid = status(cfg)
-        assert mid["installed"]["version"] == "1.0.0" and mid["last_install"] == "downloading"
+        assert mid["installed"]["version"] == "1.0.0" and mid["last_install"] == point.rstrip("+")
         agent = Proc("dev-crash", [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
                      home / "agent.log")
         try:
             assert agent.ready()["version"] == "2.0.0"
             recovering = events.wait_state({"recovering"})
-            assert recovering["details"]["from_state"] == "downloading"
+            assert recovering["details"]["from_state"] == point.rstrip("+")
             final = events.wait_state({"committed", "failed", "rolled_back"})
             assert final["state"] == "committed" and final["deployment_id"] == notice["deployment_id"], final
         finally:

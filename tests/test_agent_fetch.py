@@ -185,7 +185,8 @@ def test_slow_retrieval_fails_the_install_and_keeps_the_old_model(server, tmp_pa
     events = []
     inst = Installer(tmp_path / "data", load_profile("raspberry-pi-4"), keystore.root_path,
                      lambda s, ok, d, e, dep: events.append((s, e.code if e else None)), health_runs=3,
-                     min_rate_bps=50_000, download_grace_s=0.3)
+                     min_rate_bps=50_000, download_grace_s=0.3,
+                     freshness="off")  # the bundle download itself; trust metadata: the test below
     assert inst.install(InstallRequest("v1", bundle_path=str(make_bundle(version="1.0.0")))).state == "committed"
     b2 = make_bundle(version="2.0.0").read_bytes()
     server.body, server.faults = b2, ["trickle"] * 20
@@ -234,7 +235,7 @@ def test_streamed_digests_are_still_checked_against_the_signature(server, tmp_pa
     monkeypatch.setattr(bundle_mod, "_copy_range", lambda fd, dest, off, size: (kernel_copies.append(dest.name),
                                                                                 real_copy(fd, dest, off, size)))
     inst = Installer(tmp_path / "data", load_profile("raspberry-pi-4"), keystore.root_path,
-                     lambda *a: None, health_runs=3)
+                     lambda *a: None, health_runs=3, freshness="off")  # a plain file server, no /tuf
     good = make_bundle(version="1.0.0").read_bytes()
     server.body = good
     rec = inst.install(InstallRequest("v1", url=server.url, sha256=hashlib.sha256(good).hexdigest(), length=len(good)))
@@ -252,3 +253,18 @@ def test_streamed_digests_are_still_checked_against_the_signature(server, tmp_pa
     assert "model.onnx" not in kernel_copies  # checked before any byte of it was copied
     assert inst.slots.installed()["version"] == "1.0.0"
     assert not (tmp_path / "data" / "work" / "v2").exists()
+def test_slow_trust_metadata_fails_the_check_before_any_download(server, tmp_path, keystore):
+    """A server that trickles the hosted TUF metadata (agent/freshness.py) hits the same grace deadline."""
+    from agent.installer import InstallRequest, Installer
+    from edgekit.core.profiles import load_profile
+
+    events = []
+    inst = Installer(tmp_path / "data", load_profile("raspberry-pi-4"), keystore.root_path,
+                     lambda s, ok, d, e, dep: events.append((s, e.code if e else None)), download_grace_s=1.0,
+                     freshness="require")
+    server.faults = ["trickle"] * 5
+    t0 = time.monotonic()
+    rec = inst.install(InstallRequest("v2", url=server.url, sha256=SHA, length=len(BLOB), model="m", version="1"))
+    assert rec.state == "failed" and rec.error["code"] == "slow_retrieval", rec.error
+    assert rec.details["failed_state"] == "checking_release" and time.monotonic() - t0 < 5
+    assert server.requests and not (tmp_path / "data" / "downloads").exists()

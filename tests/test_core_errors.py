@@ -48,6 +48,10 @@ TREE = {
     e.RollbackUnavailableError: (e.InstallError, 7),
     e.DatabaseSchemaError: (e.ConfigError, 3),
     e.RolloutConflictError: (e.UsageError, 2),
+    e.TrustRepositoryError: (e.TrustError, 5),
+    e.NotReleasedError: (e.TrustRepositoryError, 5),
+    e.TrustMetadataExpiredError: (e.TrustRepositoryError, 5),
+    e.TrustMetadataRollbackError: (e.TrustRepositoryError, 5),
 }
 
 

@@ -71,7 +71,10 @@ def test_deploy_infer_and_registry_inventory(operator, agent_factory, make_bundl
             break
         time.sleep(0.2)
     assert dev["online"] is True and dev["profile"] == "raspberry-pi-4" and dev["version"] == "1.0.0"
-    assert states == ["downloading", "verifying", "staging", "health_check", "switching", "committed"]
+    # checking_release: [install] freshness = "auto" and this registry hosts no TUF metadata (ADR 0010)
+    assert states == ["checking_release", "downloading", "verifying", "staging", "health_check", "switching",
+                      "committed"]
+    assert events[1]["details"]["freshness"] == "unavailable"
 
 
 def test_upgrade_then_same_release_is_idempotent(operator, agent_factory, make_bundle):

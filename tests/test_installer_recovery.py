@@ -13,7 +13,7 @@ import pytest
 from agent.installer import MAX_ATTEMPTS, TRANSITIONS, InstallRequest, Installer
 from edgekit.core.profiles import load_profile
 
-CRASHABLE = sorted({s for s, _ in TRANSITIONS if s not in ("downloading", "rolling_back")
+CRASHABLE = sorted({s for s, _ in TRANSITIONS if s not in ("checking_release", "downloading", "rolling_back")
                      and not s.startswith("rollback_")})  # commanded rollbacks: tests/test_agent_rollback.py
 
 

@@ -153,7 +153,7 @@ def test_notices_key_rotation_travels_with_the_notice(store, tmp_path):
 
 def test_unknown_role_cannot_be_rotated(store):
     with pytest.raises(UsageError, match="rotatable"):
-        keys.rotate(store, "snapshot")
+        keys.rotate(store, "mirror")  # snapshot/timestamp rotate since ADR 0010 (test_agent_freshness)
 
 
 def test_keys_rotate_cli(store):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from . import trust_cmd
 from .common import (broker_option, emit_json, fleet_option, identity_option, json_option, keys_option,
                      registry_option, run_guarded, table, tls_files)
 
@@ -192,9 +193,10 @@ def registry_group() -> None:
 @click.option("--receiver", type=click.Choice(["process", "thread"]), default="process", show_default=True,
               help="Where the MQTT session runs: a child process (receiving and storing use two cores) or a "
                    "thread of this process.")
+@trust_cmd.serve_options
 def serve(db_url: str, store: Path, host: str, port: int, shared_group: str | None, client_id: str,
           no_rollouts: bool, broker: str, identity: str | None, keys_dir: str | None, private_reads: bool,
-          receiver: str) -> None:
+          receiver: str, trust: bool, trust_timestamp: str, trust_snapshot: str) -> None:
     """Ingest device reports from MQTT into the database, serve the HTTP API + bundles, drive rollouts.
 
     Writes (uploads, stages, tags, groups, rollouts) need an operator bearer token: create one with
@@ -204,6 +206,7 @@ def serve(db_url: str, store: Path, host: str, port: int, shared_group: str | No
     Examples:
       edgekit registry serve --db sqlite:///registry.db --broker 127.0.0.1:1883 --keys keys
       edgekit registry serve --broker mqtt.example:8883 --identity pki/services/edgekit-registry --keys keys
+      edgekit registry serve --keys keys --trust --trust-timestamp 1d   # host TUF metadata (ADR 0010)
       edgekit registry serve --db postgresql+psycopg://edgekit@db/edgekit --shared-group ingest
       edgekit registry serve --db postgresql+psycopg://edgekit@db/edgekit --shared-group ingest \\
           --client-id registry-2 --port 8081 --no-rollouts
@@ -225,7 +228,8 @@ def serve(db_url: str, store: Path, host: str, port: int, shared_group: str | No
                        err=True)
         reg = Registry(db_url, store, bhost, bport, host, port, tls=tls_files(identity), shared_group=shared_group,
                        client_id=client_id, rollouts=not no_rollouts, notice_signer=signer,
-                       private_reads=private_reads, receiver=receiver)
+                       private_reads=private_reads, receiver=receiver,
+                       **trust_cmd.serve_kwargs(trust and not no_rollouts, keys_dir, trust_timestamp, trust_snapshot))
         from edgekit.registry import tokens
 
         if not any(not t["revoked"] for t in tokens.list_tokens(reg.engine)):
@@ -349,6 +353,7 @@ def register(cli: click.Group) -> None:
     from . import inventory_cmd, rollout_cmd
 
     inventory_cmd.attach(fleet)
+    trust_cmd.attach(registry_group)
     rollout_cmd.register(cli)
     for cmd in (push, infer, fleet, registry_group):
         cli.add_command(cmd)

@@ -66,7 +66,7 @@ def show_cmd(keys_dir: str, as_json: bool) -> None:
 
 
 @keys.command("rotate")
-@click.option("--role", required=True, type=click.Choice(["root", "targets", "notices"]),
+@click.option("--role", required=True, type=click.Choice(["root", "targets", "notices", "snapshot", "timestamp"]),
               help="Role whose keys are replaced (the old keys are revoked).")
 @click.option("--expires-days", default=365, show_default=True, help="Lifetime of the new root version.")
 @keys_option
@@ -79,6 +79,8 @@ def rotate_cmd(role: str, expires_days: int, keys_dir: str, as_json: bool) -> No
     \b
     Revoke a compromised release key, then re-release what devices should still accept:
       edgekit keys rotate --role targets
+    The registry's online TUF keys (then `edgekit registry trust init`: the delegation names them):
+      edgekit keys rotate --role snapshot
     Root rotation with 2-of-3 offline root keys: put two of the three private/root-N.pem files
     in place for the ceremony, run `edgekit keys rotate --role root`, take them offline again.
     """

@@ -42,7 +42,10 @@ Tree::
         └── ForbiddenError                     the token's role may not do this (HTTP 403)
 
 (``InstallError`` also has ``RollbackUnavailableError``: a signed rollback command the device
-cannot honour — no previous verified slot, or it holds another model/version.)
+cannot honour — no previous verified slot, or it holds another model/version. ``TrustError`` also
+has ``TrustRepositoryError`` — the registry's hosted TUF metadata did not verify — with
+``NotReleasedError`` (bundle not in the signed released list: withdrawn or never released),
+``TrustMetadataExpiredError`` (frozen / stale) and ``TrustMetadataRollbackError`` (older than seen).)
 """
 
 from __future__ import annotations
@@ -292,3 +295,37 @@ class RolloutConflictError(UsageError):
     http_status = 409
     default_hint = ("Pass --supersede to cancel the older rollout(s) for those devices, narrow --to, or pause/cancel "
                     "the older rollout first (`edgekit rollout cancel ID`).")
+# -- hosted TUF repository: freshness and withdrawal checks over HTTP (issue 6, ADR 0010) ------------
+class TrustRepositoryError(TrustError):
+    """The registry's hosted trust metadata (timestamp → snapshot → targets) did not verify."""
+
+    code = "trust_repository"
+    default_hint = ("The registry's TUF metadata does not verify against this device's root: check "
+                    "`edgekit registry trust status` and that the registry signs with the fleet's keys "
+                    "(`edgekit registry trust init` after a key rotation).")
+
+
+class NotReleasedError(TrustRepositoryError):
+    """The bundle a notice names is not in the registry's signed list of released bundles."""
+
+    code = "not_released"
+    default_hint = ("Only released bundles install over HTTP from a registry that hosts trust metadata: release it "
+                    "with `edgekit models stage MODEL@VERSION released` (a deprecated release was withdrawn on purpose).")
+
+
+class TrustMetadataExpiredError(TrustRepositoryError):
+    """Hosted timestamp/snapshot/targets metadata is past its expiry (a frozen or stopped registry)."""
+
+    code = "trust_metadata_expired"
+    default_hint = ("The registry stopped re-signing its short-lived metadata, or someone replays old metadata: "
+                    "check `edgekit registry trust status` (is `registry serve` running with --keys?) and the "
+                    "device's clock.")
+
+
+class TrustMetadataRollbackError(TrustRepositoryError):
+    """Hosted metadata older than what this device already saw (a rolled-back or replayed repository)."""
+
+    code = "trust_metadata_rollback"
+    default_hint = ("The registry served metadata older than this device already verified (a restored backup or a "
+                    "replay): restore the registry's newest trust metadata, or run `edgekit registry trust resign` "
+                    "once the registry holds it.")

@@ -34,6 +34,16 @@ def utc_in(days: float, now: float | None = None) -> dt.datetime:
 
 NOTICES_FIELD = "x-edgekit-notices"  # root field listing the deployment-notice keys (signed by root)
 
+# The registry's hosted repository (ADR 0010): top-level targets delegates every bundle path to the
+# online role ``released`` (signed with the snapshot keys); one entry per released bundle.
+RELEASED_ROLE = "released"
+RELEASED_PATTERN = "*/*/*.bundle"
+
+
+def released_target_path(model: str, version: str, profile: str) -> str:
+    """The hosted target path of one released bundle: ``model/version/profile.bundle``."""
+    return f"{model}/{version}/{profile}.bundle"
+
 
 def build_root(role_keys: dict[str, list], thresholds: dict[str, int], expires: dt.datetime,
                version: int = 1) -> Metadata[Root]:

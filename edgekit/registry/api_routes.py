@@ -17,6 +17,8 @@
     POST /api/v1/rollouts/{id}/{action}         pause | resume | cancel | rollback
     POST /api/v1/rollouts/{id}/rollback         {"to": "MODEL@VERSION", "timeout_s", "waves"}: a new
                                                  rollout of that earlier release (201; ADR 0011)
+    GET  /api/v1/trust                          hosted TUF metadata: versions, expiries, next re-sign
+    POST /api/v1/trust/resign                   re-sign the online roles now (registry serve --trust)
 
 Errors are ``{"error": {code, message, hint}}`` from the edgekit exception tree, HTTP 400
 (bad input) or 404 (unknown thing). Handlers are plain functions of (server, match, query, body).
@@ -28,7 +30,7 @@ import re
 
 from edgekit.core.errors import EdgekitError, UsageError
 
-from . import catalog, inventory, rollout_store, rules
+from . import catalog, inventory, rollout_store, rules, trust_repo
 
 
 def _list(body: dict, key: str) -> list[str]:
@@ -86,7 +88,16 @@ def _act(srv, m, q, body) -> tuple[int, dict]:
     return 200, out
 
 
+def _trust_resign(srv, m, q, body) -> tuple[int, dict]:
+    if srv.trust_signer is None:
+        raise UsageError("this registry does not sign trust metadata",
+                         hint="Start it with `edgekit registry serve --trust --keys DIR`.")
+    return 200, {"signed": srv.trust_signer.resign(force=True), **trust_repo.status(srv.engine)}
+
+
 ROUTES = [
+    ("GET", r"/api/v1/trust", lambda srv, m, q, b: (200, trust_repo.status(srv.engine))),
+    ("POST", r"/api/v1/trust/resign", _trust_resign),
     ("GET", r"/api/v1/models", lambda srv, m, q, b: (200, {"models": catalog.list_models(srv.engine)})),
     ("GET", r"/api/v1/models/([^/]+)", lambda srv, m, q, b: (200, catalog.show_model(srv.engine, m.group(1),
                                                                                    srv.base_url))),

@@ -9,6 +9,9 @@ Routes::
     POST /api/v1/artifacts?name=N            upload a bundle (body); returns sha256, url, length
     GET  /artifacts/{sha256}.bundle          download, with single-range ``Range: bytes=a-b`` (206)
     GET  /api/v1/openapi.json                the OpenAPI description of the above
+    GET  /tuf/timestamp.json, /tuf/N.{root,targets,snapshot,released}.json
+                                             the hosted TUF repository (:mod:`.trust_repo`, ADR 0010);
+                                             404 for unknown names and versions (clients probe N+1.root.json)
 
 plus the model registry, inventory and rollout routes of :mod:`.api_routes`. An uploaded
 bundle registers its model version and per-profile artifact in the model registry.
@@ -16,8 +19,9 @@ bundle registers its model version and per-profile artifact in the model registr
 Authentication (ADR 0009, :mod:`.tokens`): every write (POST/PUT/DELETE: uploads, stages, tags,
 groups, rollouts and their actions) needs an ``operator`` bearer token — 401 without a valid
 one, 403 for a ``viewer``. Reads of the inventory need a ``viewer`` token when the server runs
-with ``private_reads``. Health, the OpenAPI document and artifact downloads stay open: devices
-fetch bundles without an API credential (bundles are signed, and encrypted when confidential).
+with ``private_reads``. Health, the OpenAPI document, artifact downloads and ``/tuf/*`` stay open:
+devices fetch bundles and trust metadata without an API credential (both are signed, bundles are
+encrypted when confidential).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from .openapi import OPENAPI
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _ART = re.compile(r"^/artifacts/([0-9a-f]{64})\.bundle$")
+TUF_PREFIX = "/tuf/"  # the hosted TUF repository: open reads, like /artifacts/*
 OPEN_READS = ("/api/v1/health", "/api/v1/openapi.json")  # plus /artifacts/*: never need a token
 MAX_UPLOAD = 2 << 30
 
@@ -51,7 +56,16 @@ class RegistryHTTPServer(ThreadingHTTPServer):
         self.engine, self.store, self.ingest = engine, Path(store), ingest
         self.private_reads = private_reads  # inventory/rollout reads need a viewer token too
         self.wake_rollouts = lambda: None  # the service points this at its rollout engine
+        self.after_write = lambda: None  # the service re-signs the hosted trust metadata after API writes
+        self.trust_signer = None  # a trust_repo.TrustRepo when this registry signs (serve --trust)
         self.store.mkdir(parents=True, exist_ok=True)
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return  # a client that hung up (ngclient closes unread after every 404 root probe): not an error
+        super().handle_error(request, client_address)
 
     @property
     def base_url(self) -> str:
@@ -101,6 +115,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
         url = urlparse(self.path)
+        if url.path.startswith(TUF_PREFIX):
+            return self._tuf(url.path[len(TUF_PREFIX):])
         if (self.server.private_reads and url.path not in OPEN_READS and not _ART.match(url.path)
                 and not self._authorize("viewer", f"GET {url.path}")):
             return
@@ -127,6 +143,19 @@ class Handler(BaseHTTPRequestHandler):
         if (res := api_routes.dispatch(self.server, "GET", url.path, q, {})) is not None:
             return self._json(res[1], res[0])
         self._error(404, f"no route {url.path}")
+
+    def _tuf(self, name: str) -> None:
+        from .trust_repo import read_metadata
+
+        raw = read_metadata(self.server.engine, name)
+        if raw is None:
+            return self._error(404, f"no trust metadata {name!r}")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(raw)
 
     def _artifact(self, sha: str) -> None:
         path = self.server.store / f"{sha}.bundle"
@@ -193,6 +222,7 @@ class Handler(BaseHTTPRequestHandler):
         db.add_artifact(self.server.engine, sha, name, length)
         manifest = catalog.read_manifest(self.server.store / f"{sha}.bundle")
         registered = catalog.register(self.server.engine, manifest, sha, length) if manifest else None
+        self.server.after_write()
         self._json({"sha256": sha, "length": length, "url": f"{self.server.base_url}/artifacts/{sha}.bundle",
                     "registered": registered}, 201)
 
@@ -208,6 +238,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(400, f"request body must be a JSON object: {exc}")
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         if (res := api_routes.dispatch(self.server, "POST", url.path, q, body)) is not None:
+            if res[0] < 300:
+                self.server.after_write()  # e.g. a deprecated release leaves the hosted trust metadata now
             return self._json(res[1], res[0])
         self._error(404, f"no route {url.path}")
 

@@ -89,7 +89,7 @@ def current_version(engine: Engine) -> int | None:
 
 def upgrade(engine: Engine) -> dict:
     """Bring the database to ``LATEST``; return ``{"from": v or None (fresh), "to": LATEST, "applied": [...]}``."""
-    from . import catalog, inventory, rollout_store, tokens  # noqa: F401  (their tables join Base.metadata)
+    from . import catalog, inventory, rollout_store, tokens, trust_repo  # noqa: F401  (their tables join Base.metadata)
 
     with engine.connect() as conn:
         serialize_writers(conn, _LOCK_KEY)  # one migrator at a time; DDL inside it is transactional

@@ -64,6 +64,17 @@ OPENAPI["paths"].update({
     "/api/v1/rollouts/{id}/{action}": {"post": _op("pause | resume | cancel | rollback", ("id", "action"))},
 })
 
+# ADR 0010: the hosted TUF repository (devices read /tuf/* without a token; 404 for unknown versions)
+OPENAPI["paths"].update({
+    "/api/v1/trust": {"get": _op("Hosted TUF metadata: versions, expiries, next re-sign, problems")},
+    "/api/v1/trust/resign": {"post": _op("Re-sign released, snapshot and timestamp now", body=True)},
+    "/tuf/{name}": {"get": {"summary": "TUF metadata: timestamp.json or N.{root,targets,snapshot,released}.json",
+                            "parameters": [{"name": "name", "in": "path", "required": True,
+                                            "schema": {"type": "string"}}],
+                            "responses": {"200": {"description": "signed metadata", "content": _JSON},
+                                          "404": {"description": "unknown role or version"}}}},
+})
+
 # ADR 0009: writes need an operator bearer token; reads a viewer token with --private-reads
 OPENAPI["components"] = {**OPENAPI.get("components", {}), "securitySchemes": {
     "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "ekt_<id>_<secret> (edgekit registry token create)"}}}
