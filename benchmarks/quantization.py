@@ -20,6 +20,13 @@ int8-static with MinMax / Entropy / Percentile calibration) is built in a fresh 
   (``--task detection-yolo`` / ``text-mask`` / ``classification``, ADR 0007): ``gate.passed``,
   which criterion decided, and the reasons (the same ``converters.gate`` code ``edgekit convert`` runs).
 
+``int8-static (default)`` is what ``edgekit convert`` builds without ``--calibration-method``
+(``converters.calibration_choice``): MinMax, plus Percentile when MinMax misses the profile's
+min_cosine on the validation data (the gate's worst-image cosine), keeping the better by the same
+rule. It is the same artifact as one of the two rows above it (the builds are deterministic), so it
+is derived from them, not rebuilt; its conversion time is the sum of the builds the default path
+runs. The targets are checked on this row.
+
 Targets (issue 3): static int8 >= 3.5x smaller, >= 1.6x faster, cosine >= 0.99, IoU >= 0.9 on
 nudenet and PP-OCR det; sample model accuracy drop <= 0.5 point. ``targets`` in the JSON says
 which are met.
@@ -29,7 +36,7 @@ Reproduce::
     .venv/bin/python benchmarks/quantization.py               # writes benchmarks/results/quantization.json
     .venv/bin/python benchmarks/quantization.py --det-size 320 --models nudenet --out /tmp/q.json
 
-Takes ~5-8 min on the 2-core dev VM (the static int8 float-prefix search, ADR 0013, adds ~25 s on PP-OCR det).
+Takes ~6-8 min on the 2-core dev VM (424 s last run; the static int8 float-prefix search, ADR 0013, adds ~25 s on PP-OCR det).
 """
 
 from __future__ import annotations
@@ -217,24 +224,57 @@ def bench_model(spec: dict, work: Path, runs: int, log) -> dict:
                                                         "probe_cosine", "in_sample_probe_cosine_all_int8") if k in fp}
         result["recipes"].append(entry)
         log(f"  {json.dumps({k: v for k, v in entry.items() if k != 'recipe'})}")
+    default = default_static(result["recipes"])
+    if default is not None:
+        result["recipes"].append(default)
+        log(f"  default: {default['calibration_method']} {json.dumps(default['calibration_tried'])}")
     return result
+
+
+DEFAULT_STATIC = "int8-static (default)"
+
+
+def default_static(recipes_done: list[dict]) -> dict | None:
+    """The row ``edgekit convert`` produces by default: ``calibration_choice``'s rule applied to the
+    per-method rows (the gate's verdict and cosine on the stock profile)."""
+    from converters import calibration_choice
+    from edgekit.core.profiles import load_profile
+
+    min_cosine = load_profile("x86-64-gateway").validation["min_cosine"]
+    by_name = {e["recipe"]: e for e in recipes_done}
+    tried = []
+    for method in calibration_choice.methods_for("int8-static", calibration_choice.AUTO):
+        e = by_name.get(f"int8-static/{method}")
+        if e is None or "skipped" in e:
+            return None
+        view = {"passed": e["gate"]["passed"], "outputs": {"output": {"cosine": e["cosine_worst_image"]}}}
+        tried.append((method, e, view))
+        if calibration_choice.good_enough(view, min_cosine):
+            break
+    method, chosen, _ = tried[calibration_choice.best([v for _, _, v in tried])]
+    return {**chosen, "recipe": DEFAULT_STATIC, "calibration_method": method,
+            "conversion_s": round(sum(e["conversion_s"] for _, e, _ in tried), 3),
+            "calibration_tried": [{"method": m, "gate_passed": v["passed"], "cosine_worst_image": e["cosine_worst_image"],
+                                   "cosine": e["cosine"]} for m, e, v in tried]}
 
 
 def check_targets(results: list[dict]) -> list[dict]:
     out = []
     for r in results:
-        best = next((e for e in r["recipes"] if e["recipe"] == "int8-static/minmax"), None)
+        best = next((e for e in r["recipes"] if e["recipe"] == DEFAULT_STATIC), None)
         if best is None:
             continue
         if "accuracy_drop_points" in best:
-            out.append({"model": r["model"], "recipe": best["recipe"], "accuracy_drop_points": best["accuracy_drop_points"],
+            out.append({"model": r["model"], "recipe": best["recipe"], "calibration_method": best["calibration_method"],
+                        "accuracy_drop_points": best["accuracy_drop_points"],
                         "met": best["accuracy_drop_points"] <= TARGETS["sample_accuracy_drop_points"]})
             continue
         checks = {"size_ratio": best["size_ratio"] >= TARGETS["size_ratio"],
                   "speedup": best["speedup"] >= TARGETS["speedup"],
                   "cosine": best["cosine"] >= TARGETS["cosine"],
                   "task_iou": best["task_iou"] >= TARGETS["task_iou"]}
-        out.append({"model": r["model"], "recipe": best["recipe"], **{k: best[k] for k in checks},
+        out.append({"model": r["model"], "recipe": best["recipe"], "calibration_method": best["calibration_method"],
+                    "conversion_s": best["conversion_s"], **{k: best[k] for k in checks},
                     "met": checks, "gate_passed": best["gate"]["passed"],
                     "gate_decided_by": best["gate"]["decided_by"]})
     return out

@@ -22,7 +22,7 @@ from edgekit.core.atomic import atomic_write_bytes, atomic_write_json, remove_tr
 from edgekit.core.errors import ModelError, ParityError, UsageError
 from edgekit.core.profiles import Profile
 
-from . import recipes, tasks
+from . import calibration_choice, recipes, tasks
 from .checks import budget_verdicts, check_source, verdict_reasons
 from .data import Dataset
 from .gate import Candidate, choose_precisions, evaluate, gate_reasons
@@ -84,8 +84,10 @@ def _sha256(path: Path) -> str:
 def _try_candidate(prec: str, prepared: Path, tmp: Path, profile: Profile, calibration: Dataset,
                    validation: Dataset, reference: Candidate, log: StepLog, *, method: str,
                    forced: bool, progress, task: tasks.TaskSpec | None = None) -> tuple[dict, Candidate | None, Path]:
-    path = tmp / f"{prec}.onnx"
+    path = tmp / (f"{prec}.onnx" if prec != "int8-static" else f"{prec}-{method}.onnx")
     with log.step(f"build {prec}") as build:
+        if prec == "int8-static":
+            build["status"] = f"calibration {method}"
         try:
             details = recipes.build(prec, prepared, path, profile, calibration, method,
                                     tick=lambda done, total: progress(f"{profile.id}: calibrating {done}/{total}"))
@@ -100,6 +102,8 @@ def _try_candidate(prec: str, prepared: Path, tmp: Path, profile: Profile, calib
         reference.latency_ms = reference.measure_latency(validation)
         entry = evaluate(cand, reference, validation, profile, task)
         verdicts = budget_verdicts(path, profile)
+    if prec == "int8-static":
+        entry["calibration_method"] = method
     if details:
         entry["float_prefix"] = details   # static int8: the sensitivity search (converters.sensitivity)
     source_bytes = reference.path.stat().st_size + external_bytes(reference.path)
@@ -114,16 +118,18 @@ def _try_candidate(prec: str, prepared: Path, tmp: Path, profile: Profile, calib
 
 def convert_onnx(src: Path, profile: Profile, out_dir: Path, *, precision: str, calibration: Dataset,
                  validation: Dataset, progress=lambda msg: None, input_shapes: dict[str, list[int]] | None = None,
-                 calibration_method: str = "minmax", task: str = "auto") -> dict:
+                 calibration_method: str = calibration_choice.AUTO, task: str = "auto") -> dict:
     """Produce ``out_dir/<profile>/{model.onnx, golden.npz, report.json}``; return the report.
 
-    ``task`` (``auto`` or one of ``converters.tasks.TASKS``) selects the task metric of the gate."""
+    ``task`` (``auto`` or one of ``converters.tasks.TASKS``) selects the task metric of the gate.
+    ``calibration_method`` ``auto``: MinMax, plus Percentile when MinMax misses the profile's
+    min_cosine on validation, keeping the better (``converters.calibration_choice``)."""
     src = Path(src)
     if profile.engine != "onnxruntime":
         raise UsageError(f"profile {profile.id} runs {profile.engine}; this pipeline writes ONNX for onnxruntime")
-    if calibration_method not in recipes.CALIBRATION_METHODS:
+    if calibration_method not in (calibration_choice.AUTO, *recipes.CALIBRATION_METHODS):
         raise UsageError(f"unknown calibration method {calibration_method!r}; use one of "
-                         f"{', '.join(recipes.CALIBRATION_METHODS)}")
+                         f"{', '.join(recipes.CALIBRATION_METHODS)} or {calibration_choice.AUTO}")
     wanted = choose_precisions(profile, precision, ONNX_PRECISIONS, "ONNX", fp32_fallback=True)
     info = inspect_onnx(src)
     check_data(info, calibration, "calibration")
@@ -159,17 +165,26 @@ def convert_onnx(src: Path, profile: Profile, out_dir: Path, *, precision: str, 
         spec = tasks.resolve(task, reference.outputs, validation.labels is not None)
         report["task"] = spec.as_dict()
         progress(f"{profile.id}: task {spec.name} ({spec.reason})")
-        chosen = None
+        chosen = last = None
         for prec in wanted:
-            entry, cand, path = _try_candidate(prec, prep.path, tmp, profile, calibration, validation, reference, log,
-                                               method=calibration_method, forced=precision != "auto",
-                                               progress=progress, task=spec)
-            report["candidates"].append(entry)
-            if entry["passed"]:
+            tried = []
+            for method in calibration_choice.methods_for(prec, calibration_method):
+                tried.append(_try_candidate(prec, prep.path, tmp, profile, calibration, validation, reference, log,
+                                            method=method, forced=precision != "auto", progress=progress, task=spec))
+                if calibration_choice.good_enough(tried[-1][0], profile.validation["min_cosine"]):
+                    break
+            keep = calibration_choice.best([t[0] for t in tried])
+            for i, (entry, _, _) in enumerate(tried):
+                if len(tried) > 1:   # the default static int8 path built more than one calibration method
+                    entry["kept"] = i == keep
+                report["candidates"].append(entry)
+            last, cand, path = tried[keep]
+            if last["passed"]:
                 chosen = (cand, path)
+                if "calibration_method" in last:
+                    report["calibration_method"] = last["calibration_method"]
                 break
         if chosen is None:
-            last = report["candidates"][-1]
             raise ParityError(f"no artifact for {profile.id} passed the parity gate: " + "; ".join(last["reasons"]),
                               report=report["candidates"])
         cand, path = chosen

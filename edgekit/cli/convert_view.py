@@ -19,6 +19,15 @@ def _peak(c: dict) -> str:
     return _mb(c.get("memory", {}).get("peak_memory_bytes"))
 
 
+def _chosen(c: dict, report: dict) -> bool:
+    """``kept`` is False on a calibration method the default static int8 path built and dropped."""
+    return c["precision"] == report.get("precision") and c.get("kept", True)
+
+
+def _name(c: dict) -> str:
+    return f"{c['precision']}/{c['calibration_method']}" if "kept" in c else c["precision"]
+
+
 def candidates_table(report: dict) -> str:
     rows = []
     for c in report["candidates"]:
@@ -29,7 +38,7 @@ def candidates_table(report: dict) -> str:
         ratio = c.get("size_ratio", report["source_bytes"] / max(c["bytes"], 1))
         ideal = f" / {c['ideal_size_ratio']:.0f}" if "ideal_size_ratio" in c else ""
         rows.append({
-            "precision": c["precision"], "MB": _mb(c["bytes"]),
+            "precision": _name(c), "MB": _mb(c["bytes"]),
             "x_smaller": f"{ratio:.2f}{ideal}",
             "ms": f"{c['latency_ms']:.2f}", "x_faster": f"{c['speedup']:.2f}",
             "cosine": f"{min(o['cosine'] for o in outs):.4f}",
@@ -37,7 +46,7 @@ def candidates_table(report: dict) -> str:
             "acc_drop": c.get("accuracy_drop"),
             "task": _task(c),
             "peak_MB": _peak(c),
-            "verdict": "chosen" if c["precision"] == report.get("precision") else ("ok" if c["passed"] else "dropped"),
+            "verdict": "chosen" if _chosen(c, report) else ("ok" if c["passed"] else "dropped"),
             "why": "; ".join(c["reasons"]),
         })
     return table(rows, ["precision", "MB", "x_smaller", "ms", "x_faster", "cosine", "rel_err", "acc_drop",
@@ -53,7 +62,7 @@ def _task(c: dict) -> str:
 
 def criteria_lines(report: dict) -> list[str]:
     """Which criterion decided each output of the chosen (else last) candidate."""
-    chosen = next((c for c in report["candidates"] if c["precision"] == report.get("precision")),
+    chosen = next((c for c in report["candidates"] if _chosen(c, report)),
                   report["candidates"][-1] if report["candidates"] else {})
     lines = []
     for name, crit in chosen.get("criteria", {}).items():

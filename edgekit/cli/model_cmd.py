@@ -56,8 +56,11 @@ labels (drop <= the profile's max_accuracy_drop) plus top-1 agreement (ADR 0014)
                                  "int8-mixed"]),
               help="auto = the profile's preferred precision that passes the parity gate and is not slower than "
                    "fp32; a forced precision that fails exits non-zero with the numbers.")
-@click.option("--calibration-method", default="minmax", show_default=True,
-              type=click.Choice(["minmax", "entropy", "percentile"]), help="Activation range calibration (int8-static).")
+@click.option("--calibration-method", default="auto", show_default=True,
+              type=click.Choice(["auto", "minmax", "entropy", "percentile"]),
+              help="Activation range calibration (int8-static). auto = MinMax; if that misses the profile's "
+                   "min_cosine on the validation data, Percentile too, keeping the better on validation "
+                   "(report.json lists both). A named method builds exactly that one.")
 @click.option("--task", default="auto", show_default=True,
               type=click.Choice(["auto", "classification", "detection-yolo", "text-mask", "raw"]),
               help="What the model's output is for; the parity gate judges detection/text heads by their task "
