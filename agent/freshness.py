@@ -70,6 +70,9 @@ class ReleaseCheck:
         from edgekit.core import trust
 
         path = trust.released_target_path(model, version, profile)
+        if self.mode == "auto" and not self.seen_before and not _hosts_metadata(repository_url(bundle_url),
+                                                                                    self.deadline_s):
+            return {"freshness": "unavailable", "repository": repository_url(bundle_url)}
         updater = self._refresh(repository_url(bundle_url))
         if updater is None:
             return {"freshness": "unavailable", "repository": repository_url(bundle_url)}
@@ -152,6 +155,26 @@ class ReleaseCheck:
                       if int(p.name.split(".")[0]) > mine.signed.version]
         if candidates:
             trust.update_root(mine, candidates, self.root_history)
+
+
+def _hosts_metadata(url: str, timeout_s: float) -> bool:
+    """Auto mode, device never saw a repository: one plain GET of ``timestamp.json`` (< 1 kB) tells whether this
+    registry hosts trust metadata at all (404: no), before paying for an ngclient refresh (root probe,
+    new connection pool). Anything but a clean 404 goes on to the full, verified refresh."""
+    import http.client
+
+    parts = urlsplit(url)
+    conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(parts.netloc, timeout=min(TIMEOUT_S, timeout_s))
+    try:
+        conn.request("GET", parts.path + "timestamp.json")
+        resp = conn.getresponse()
+        resp.read(4096)
+        return resp.status != 404
+    except (OSError, http.client.HTTPException):
+        return True  # let the verified refresh report what is wrong
+    finally:
+        conn.close()
 
 
 def _slow(where: str, deadline_s: float) -> SlowRetrievalError:
