@@ -109,13 +109,24 @@ def registry_token(db_url: str, name: str = "demo") -> str:
 
 
 def start_registry(workdir: Path, broker: ManagedBroker, keys: Path | None = None) -> tuple[Proc, str]:
-    """The registry as a child process; ``keys``: key store whose notices key signs rollout notices."""
+    """The registry as a child process; ``keys``: key store whose notices key signs rollout notices and
+    whose online snapshot/timestamp keys sign the hosted TUF metadata (``--trust``, ADR 0010) after the
+    operator step ``registry trust init`` done here with the same store."""
+    if keys:
+        from edgekit.registry import db
+        from edgekit.registry.trust_repo import TrustRepo
+
+        engine = db.open_db(f"sqlite:///{workdir}/registry.db")
+        try:
+            TrustRepo(engine, keys).init_targets(365)
+        finally:
+            engine.dispose()
     port = free_port()
     tls = ["--identity", str(broker.pki.directory / "services" / "edgekit-registry")] if broker.tls else []
     proc = Proc("registry", [sys.executable, "-m", "edgekit.cli.main", "registry", "serve",
                              "--db", f"sqlite:///{workdir}/registry.db", "--store", str(workdir / "artifacts"),
                              "--port", str(port), "--broker", f"127.0.0.1:{broker.port}", *tls,
-                             *(["--keys", str(keys)] if keys else [])],
+                             *(["--keys", str(keys), "--trust"] if keys else [])],
                 workdir / "registry.log")
     return proc, proc.ready()["url"]
 
@@ -139,7 +150,7 @@ def run_demo(workdir: Path | None = None, log: Callable[[str], None] = print, *,
         log(f"[1/7] starting mosquitto (loopback, {'mTLS + per-device ACL' if secure else 'PLAIN, no auth'}) in {workdir}")
         broker = stack.enter_context(ManagedBroker(workdir / "broker", pki=pki))
         store = init_keystore(workdir / "keys")
-        log(f"[2/7] starting the registry (it signs rollout notices); broker on 127.0.0.1:{broker.port}")
+        log(f"[2/7] starting the registry (signs rollout notices, hosts TUF metadata); broker on 127.0.0.1:{broker.port}")
         token = registry_token(f"sqlite:///{workdir}/registry.db")  # writes to the registry API need a token
         registry, url = start_registry(workdir, broker, keys=store.directory)
         stack.callback(registry.stop)

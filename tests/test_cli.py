@@ -118,14 +118,17 @@ def test_fleet_ls_against_a_real_registry(run, registry):
 
 
 @pytest.mark.integration
-def test_demo_runs_end_to_end_and_exits_zero():
-    res = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "demo", "--json"], capture_output=True,
-                         text=True, timeout=120)
+def test_demo_runs_end_to_end_and_exits_zero(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "edgekit.cli.main", "demo", "--json", "--workdir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = json.loads(res.stdout)
     assert len(rows) == 3 and len({r["profile"] for r in rows}) == 3
     assert all(r["ok"] and r["model"] == "digits-cnn@1.0.0" and r["registry"].startswith("online") for r in rows)
     assert len({r["rollout"] for r in rows}) == 1  # one registry-driven rollout reached all three devices
+    for r in rows:  # each device checked the registry's hosted TUF metadata before downloading (ADR 0010)
+        state = json.loads((tmp_path / "devices" / r["device"] / "data" / "state.json").read_text())
+        assert '"freshness": "verified"' in json.dumps(state), state
 
 
 def test_push_with_broker_down_after_upload_exits_transport_error(make_bundle, registry, keystore):

@@ -212,7 +212,10 @@ def test_rollout_aborts_on_reported_drift(reg, fleet):
     r = deploy(reg, waves="20%,100%", abort_if=["drift>0.3"])
     done = reg.wait(r["id"], ("succeeded", "aborted"))
     assert done["state"] == "aborted" and done["reason"] == "drift>0.3 tripped: drift = 0.6", done
-    assert done["counts"] == {"succeeded": 2, "pending": 8}
+    # the rule trips on the first drift report: wave 1's other device may still be in flight ("sent")
+    counts = done["counts"]
+    assert counts["pending"] == 8 and counts.get("succeeded", 0) >= 1, counts
+    assert counts.get("succeeded", 0) + counts.get("sent", 0) == 2 and set(counts) <= {"succeeded", "sent", "pending"}
 
 
 def test_silent_devices_time_out_and_count_as_failed(reg, fleet):

@@ -24,7 +24,8 @@ def demo(workdir: Path | None, plain: bool, as_json: bool) -> None:
     step succeeded.
 
     Secure by default: a fleet CA, one enrolled certificate per device, mosquitto with an mTLS
-    listener and per-device ACLs, and signed, expiring deployment notices.
+    listener and per-device ACLs, signed, expiring deployment notices, and a registry that hosts
+    TUF metadata so each device checks the release is current before downloading it.
     """
     def body():
         from edgekit.demo import run_demo
