@@ -67,12 +67,15 @@ class Slots:
     def switch(self, slot: str, installed: dict, durable: bool = True) -> None:
         """Point ``current`` at ``slot`` then record what it holds (both atomic). ``durable=False``:
         the caller fsyncs ``data_dir`` afterwards (the installer's final state record lives there);
-        a lost ``installed.json`` is harmless, :meth:`installed` then trusts the slot."""
+        a lost or torn ``installed.json`` is harmless, :meth:`installed` then trusts the slot."""
         atomic_symlink(f"slots/{slot}", self.current_link, durable)
         atomic_write_json(self.data_dir / "installed.json", {**installed, "slot": slot}, durable)
 
     def installed(self) -> dict | None:
-        info = read_json(self.data_dir / "installed.json")
+        try:
+            info = read_json(self.data_dir / "installed.json")
+        except ValueError:  # torn by a power cut (it is written non-durably): trust the slot, as below
+            info = None
         cur = self.current()
         if cur is None:
             return None

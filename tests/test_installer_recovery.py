@@ -142,6 +142,19 @@ def test_a_power_cut_that_loses_the_non_durable_records_still_leaves_a_serving_m
     assert rec.state == "committed" and inst.slots.installed()["version"] == "2.0.0"
 
 
+@pytest.mark.parametrize("torn", [b"", b'{"version": "2.0'])
+def test_a_torn_installed_record_falls_back_to_the_slot_and_installs_go_on(torn, tmp_path, keystore, make_bundle):
+    """installed.json is written non-durably (ADR 0012): a power cut may leave it empty or cut. The
+    committed slot's manifest says what serves, and the next install is not blocked by the bad file."""
+    v1, v2 = make_bundle(version="1.0.0", release=60), make_bundle(version="2.0.0", release=61)
+    inst = make_installer(tmp_path, keystore)
+    assert inst.install(InstallRequest("d1", bundle_path=str(v1))).state == "committed"
+    (tmp_path / "installed.json").write_bytes(torn)
+    assert inst.slots.installed()["version"] == "1.0.0"
+    rec = make_installer(tmp_path, keystore).install(InstallRequest("d2", bundle_path=str(v2)))
+    assert rec.state == "committed" and inst.slots.installed()["version"] == "2.0.0"
+
+
 def test_only_records_before_a_slot_switch_and_the_final_one_are_fsynced(tmp_path, keystore, make_bundle,
                                                                          monkeypatch):
     """ADR 0012: the durable "switching" record, then the switch (symlink rename, not fsynced on its
