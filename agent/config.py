@@ -41,6 +41,8 @@ from edgekit.core.errors import ConfigError
 from edgekit.core.schema import matches, non_negative, positive, validate
 from edgekit.core.topics import NAME_RE
 
+from .freshness import MODES as FRESHNESS_MODES
+
 SCHEMA = {
     "device_id": (str, True, matches(NAME_RE, "1-64 letters, digits, '_', '.', '-'")),
     "fleet": (str, False, matches(NAME_RE, "1-64 letters, digits, '_', '.', '-'")),
@@ -55,8 +57,8 @@ SCHEMA = {
     "install": {"allow_expired": (bool, False, None), "health_runs": (int, False, positive),
                 "health_timeout_s": ((int, float), False, positive), "min_rate_bps": ((int, float), False, positive),
                 "download_grace_s": ((int, float), False, non_negative), "mqtt_chunk_bytes": (int, False, positive),
-                "freshness": (str, False, lambda v: None if v in ("auto", "require", "off")
-                              else "must be one of auto, require, off")},
+                "freshness": (str, False, lambda v: None if v in FRESHNESS_MODES
+                              else f"must be one of {', '.join(FRESHNESS_MODES)}")},
     "endpoint": {"port": (int, False, non_negative), "socket": (str, False, None)},
     "streaming": {"streams": (list, False, lambda v: None if all(isinstance(x, str) and NAME_RE.fullmatch(x)
                                                                for x in v) else "must be a list of stream names")},

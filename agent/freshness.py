@@ -69,13 +69,12 @@ class ReleaseCheck:
             return {"freshness": "off"}
         from edgekit.core import trust
 
-        path = trust.released_target_path(model, version, profile)
-        if self.mode == "auto" and not self.seen_before and not _hosts_metadata(repository_url(bundle_url),
-                                                                                    self.deadline_s):
-            return {"freshness": "unavailable", "repository": repository_url(bundle_url)}
-        updater = self._refresh(repository_url(bundle_url))
+        path, url = trust.released_target_path(model, version, profile), repository_url(bundle_url)
+        if self.mode == "auto" and not self.seen_before and not _hosts_metadata(url, self.deadline_s):
+            return {"freshness": "unavailable", "repository": url}
+        updater = self._refresh(url)
         if updater is None:
-            return {"freshness": "unavailable", "repository": repository_url(bundle_url)}
+            return {"freshness": "unavailable", "repository": url}
         tf = self._lookup(updater, path)  # after it the cache holds the trusted current version of each role
         info = self._cached()
         floor = dt.datetime.fromtimestamp(self.reference_time(), tz=dt.timezone.utc)

@@ -260,6 +260,7 @@ class Agent:
                                                   "restarting the agent to release it", "thread": stuck.name,
                                         "threads_before": threading.active_count()}, None, deployment_id)
         if not self.restart_on_stuck:
+            self.installer.stuck_worker = None  # reported once; an embedded agent cannot release it
             return
         deadline = time.monotonic() + 2.0  # let the spooled events leave now (else: after the restart)
         while self.spool.stats()["pending"] and time.monotonic() < deadline and self.conn and self.conn.connected:

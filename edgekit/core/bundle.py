@@ -330,7 +330,7 @@ def _copy_range(src_fd: int, dest: Path, offset: int, size: int) -> None:
         while size:
             try:
                 n = os.copy_file_range(src_fd, out.fileno(), size, offset)
-            except OSError:  # a filesystem or kernel without it: plain reads and writes
+            except (OSError, AttributeError):  # a filesystem, kernel or OS without it: plain reads and writes
                 data = os.pread(src_fd, min(size, 1 << 20), offset)
                 n = len(data) and out.write(data)
             if not n:
