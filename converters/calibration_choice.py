@@ -1,8 +1,10 @@
 """Which activation calibration the default static int8 path keeps (ADR 0013, amendment 1).
 
 ``edgekit convert`` without ``--calibration-method`` (``auto``) builds static int8 with MinMax
-ranges first. When that artifact misses the profile's ``validation.min_cosine`` on the
-validation data (the parity gate's figure: the worst output's worst-image cosine), it also builds
+ranges first. When that artifact fails the parity gate (for any reason, e.g. also "slower than
+fp32": which reasons a calibration could change is not told apart) or misses the profile's
+``validation.min_cosine`` on the validation data (the gate's figure: the worst output's
+worst-image cosine), it also builds
 the Percentile candidate and keeps the better one on validation: one that passes the gate beats
 one that does not, then the higher cosine wins (ties keep MinMax). This is how ``auto`` already
 chooses between precisions: on validation data, not on a calibration-time probe. The probe cannot

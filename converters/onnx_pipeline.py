@@ -83,7 +83,8 @@ def _sha256(path: Path) -> str:
 
 def _try_candidate(prec: str, prepared: Path, tmp: Path, profile: Profile, calibration: Dataset,
                    validation: Dataset, reference: Candidate, log: StepLog, *, method: str,
-                   forced: bool, progress, task: tasks.TaskSpec | None = None) -> tuple[dict, Candidate | None, Path]:
+                   forced: bool, progress, source_bytes: int,
+                   task: tasks.TaskSpec | None = None) -> tuple[dict, Candidate | None, Path]:
     path = tmp / (f"{prec}.onnx" if prec != "int8-static" else f"{prec}-{method}.onnx")
     with log.step(f"build {prec}") as build:
         if prec == "int8-static":
@@ -106,7 +107,6 @@ def _try_candidate(prec: str, prepared: Path, tmp: Path, profile: Profile, calib
         entry["calibration_method"] = method
     if details:
         entry["float_prefix"] = details   # static int8: the sensitivity search (converters.sensitivity)
-    source_bytes = reference.path.stat().st_size + external_bytes(reference.path)
     entry.update(convert_s=build["seconds"], convert_peak_rss_bytes=build["peak_rss_bytes"], budgets=verdicts,
                  size_ratio=round(source_bytes / entry["bytes"], 3),
                  ideal_size_ratio=IDEAL_RATIO[prec])
@@ -170,7 +170,8 @@ def convert_onnx(src: Path, profile: Profile, out_dir: Path, *, precision: str, 
             tried = []
             for method in calibration_choice.methods_for(prec, calibration_method):
                 tried.append(_try_candidate(prec, prep.path, tmp, profile, calibration, validation, reference, log,
-                                            method=method, forced=precision != "auto", progress=progress, task=spec))
+                                            method=method, forced=precision != "auto", progress=progress,
+                                            source_bytes=report["source_bytes"], task=spec))
                 if calibration_choice.good_enough(tried[-1][0], profile.validation["min_cosine"]):
                     break
             keep = calibration_choice.best([t[0] for t in tried])

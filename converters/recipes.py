@@ -14,6 +14,7 @@ recipes and gating them is ``onnx_pipeline``'s job.
 
 from __future__ import annotations
 
+import inspect
 import shutil
 from pathlib import Path
 
@@ -183,12 +184,21 @@ def _quantize_static(src: Path, dst: Path, calibration: Dataset, calib, *, reduc
                             weight_type=QuantType.QInt8, calibrate_method=calib, nodes_to_exclude=exclude,
                             extra_options={"CalibTensorRangeSymmetric": False,
                                            "CalibStridedMinMax": calibration_stride(len(calibration))},
-                            calibration_cache_path=str(cache))
+                            **_cache_kwargs(cache))
     except Exception as exc:
         raise ModelError(f"static int8 quantization failed: {str(exc)[:300]}",
                          hint="Check the calibration data matches the model inputs; try --precision fp32.") from None
     finally:
         root.setLevel(level)
+
+
+def _cache_kwargs(cache: Path) -> dict:
+    """``calibration_cache_path`` (ranges computed once, reused by the rebuilds of the prefix search) exists
+    only in recent onnxruntime; older ones recalibrate on every build instead of failing."""
+    from onnxruntime.quantization import quantize_static
+
+    return ({"calibration_cache_path": str(cache)}
+            if "calibration_cache_path" in inspect.signature(quantize_static).parameters else {})
 
 
 def int8_static(src: Path, dst: Path, calibration: Dataset, method: str = "minmax", *,

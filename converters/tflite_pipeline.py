@@ -50,6 +50,7 @@ from edgekit.core.profiles import Profile
 from .data import Dataset
 from .gate import LATENCY_RUNS, Candidate, choose_precisions, evaluate, gate_reasons, slower
 from .onnx_pipeline import check_data, inspect_onnx
+from .preprocess import external_bytes
 from .steps import StepLog
 from .tasks import resolve as resolve_task
 
@@ -199,7 +200,7 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
     dest = out_dir / profile.id
     log = StepLog(lambda step: progress(f"{profile.id}: {step}"))
     report: dict = {"profile": profile.id, "source": str(src), "source_sha256": hashlib.sha256(source_bytes).hexdigest(),
-                    "source_bytes": len(source_bytes), "source_opset": info["opset"], "opset": info["opset"],
+                    "source_bytes": len(source_bytes) + external_bytes(src), "source_opset": info["opset"], "opset": info["opset"],
                     "candidates": [], "threads": 1, "io_layout": io_layout, "fixed_input_shapes": shapes,
                     "calibration_method": "minmax", "calibration_samples": len(calibration),
                     "validation_samples": len(validation), "steps": log.steps}

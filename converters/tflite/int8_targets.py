@@ -25,11 +25,12 @@ from __future__ import annotations
 import numpy as np
 
 from .options import ACTIVATION
+from .quantize import SHARE_MAX_SPREAD
 from .schema_writer import Model, Operator
 
-# Split an output concat when its inputs' ranges differ by more than this factor (same rule as
-# the int8 concat scale sharing in ``quantize.SHARE_MAX_SPREAD``).
-SPLIT_MIN_SPREAD = 4.0
+# Split an output concat when its inputs' ranges differ by more than this factor: the factor past
+# which the int8 concat stops sharing one scale (the same rule, so one constant).
+SPLIT_MIN_SPREAD = SHARE_MAX_SPREAD
 NHWC_TO_NCHW_AXIS = (0, 2, 3, 1)     # stored NHWC axis k is ONNX (NCHW) axis NHWC_TO_NCHW_AXIS[k]
 
 
