@@ -118,7 +118,7 @@ def start_registry(workdir: Path, broker: ManagedBroker, keys: Path | None = Non
 
         engine = db.open_db(f"sqlite:///{workdir}/registry.db")
         try:
-            TrustRepo(engine, keys).init_targets(365)
+            TrustRepo(engine, keys).init_targets()
         finally:
             engine.dispose()
     port = free_port()

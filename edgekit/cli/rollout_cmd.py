@@ -250,14 +250,15 @@ def _resign_if_needed(registry: str, rid: str, model: str, version: str, keys_di
             if art["release"] > floor:
                 continue
             src = Path(tmp) / f"{art['sha256']}.bundle"
+            url = f"{registry.rstrip('/')}/artifacts/{art['sha256']}.bundle"  # art["url"] has the server's bind address
             try:
-                with requests.get(art["url"], stream=True, timeout=60) as resp:
+                with requests.get(url, stream=True, timeout=60) as resp:
                     resp.raise_for_status()
                     with open(src, "wb") as fh:
                         for chunk in resp.iter_content(1 << 20):
                             fh.write(chunk)
             except requests.RequestException as exc:
-                raise TransportError(f"cannot download {art['url']}: {exc}") from None
+                raise TransportError(f"cannot download {url}: {exc}") from None
             out = rerelease_bundle(src, store, Path(tmp) / art["profile"], above=newest)
             stored = upload(out, registry)
             release = peek_manifest(out)["model"]["release"]

@@ -30,7 +30,8 @@ def serve_options(fn):
                       help="Lifetime of the hosted timestamp: how long a frozen registry can go unnoticed.")(fn)
     fn = click.option("--trust", "trust", is_flag=True,
                       help="Host the TUF repository at /tuf/ and re-sign timestamp/snapshot before they expire, "
-                           "with the --keys store's online snapshot + timestamp keys (ADR 0010).")(fn)
+                           "with the --keys store's online snapshot + timestamp keys (ADR 0010). With --no-rollouts "
+                           "this process only serves /tuf/: the one that runs rollouts signs.")(fn)
     return fn
 
 

@@ -55,14 +55,18 @@ def _flag(body: dict, key: str) -> bool:
     return value
 
 
+def _waves(body: dict) -> list[float]:
+    """``waves`` as "1,10,100" or [1, 10, 100] (default: one wave of 100 %)."""
+    waves = body.get("waves", "100")
+    return rules.parse_waves(waves if isinstance(waves, str) else ",".join(map(str, waves)))
+
+
 def _create_rollout(srv, m, q, body) -> tuple[int, dict]:
     for key in ("model", "version", "selector"):
         if not isinstance(body.get(key), str):
             raise UsageError(f"{key!r} is required (a string)", hint="See /api/v1/openapi.json for the fields.")
-    waves = body.get("waves", "100")
-    waves = waves if isinstance(waves, str) else ",".join(str(w) for w in waves)
     out = rollout_store.create(srv.engine, model=body["model"], version=body["version"], selector=body["selector"],
-                               waves=rules.parse_waves(waves),
+                               waves=_waves(body),
                                abort_if=_list(body, "abort_if"), timeout_s=float(body.get("timeout_s", 300)),
                                rate_per_min=rules.parse_rate(body.get("rate")) or _positive(body.get("rate_per_min")),
                                supersede=_flag(body, "supersede"))
@@ -78,9 +82,8 @@ def _act(srv, m, q, body) -> tuple[int, dict]:
 
         if not isinstance(body["to"], str):
             raise UsageError("'to' must be a string MODEL@VERSION", hint="e.g. {\"to\": \"digits-cnn@1.0.0\"}")
-        waves = body.get("waves", "100")
         out = rollback_to(srv.engine, m.group(1), *split_ref(body["to"]), timeout_s=float(body.get("timeout_s", 300)),
-                          waves=rules.parse_waves(waves if isinstance(waves, str) else ",".join(map(str, waves))))
+                          waves=_waves(body))
         srv.wake_rollouts()
         return 201, out
     out = rollout_store.act(srv.engine, m.group(1), m.group(2))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import math
 import re
 import threading
@@ -40,6 +41,8 @@ from edgekit.core.errors import ConfigError, TrustError
 
 from .catalog import ModelArtifact, ModelVersion
 from .db import Base
+
+log = logging.getLogger("edgekit.registry.trust")
 
 DAY = 86400.0
 DEFAULT_LIFETIMES = {"timestamp": 1 * DAY, "snapshot": 7 * DAY, "released": 7 * DAY}
@@ -141,10 +144,11 @@ class TrustRepo:
         return load_keystore(self.keys_dir)
 
     # -- roots and the operator-signed delegation ------------------------------------------------
-    def import_roots(self) -> int:
-        """Store every root version of the key store that the table does not hold yet; the newest version."""
-        store = self._keystore()
-        raws = {trust.load_root(store.root_bytes()).signed.version: store.root_bytes()}
+    def import_roots(self, store=None) -> None:
+        """Store every root version of the key store (``store``: already loaded) that the table does not hold yet."""
+        store = store or self._keystore()
+        raw = store.root_bytes()
+        raws = {trust.load_root(raw).signed.version: raw}
         for raw in store.root_chain():
             raws[trust.load_root(raw, "a key store root").signed.version] = raw
         with Session(self.engine) as s, s.begin():
@@ -154,7 +158,6 @@ class TrustRepo:
                     md = trust.load_root(raw)
                     s.add(TrustMetadataRow(role="root", version=version, signed_at=time.time(),
                                            expires=md.signed.expires.timestamp(), raw=raw.decode()))
-            return max(have | set(raws))
 
     def newest_root(self):
         with Session(self.engine) as s:
@@ -168,8 +171,9 @@ class TrustRepo:
         """Operator step: sign top-level targets (release key) delegating bundles to the snapshot keys."""
         from tuf.api.metadata import DelegatedRole, Delegations, Metadata, Targets
 
-        self.import_roots()
-        store, root = self._keystore(), self.newest_root()
+        store = self._keystore()
+        self.import_roots(store)
+        root = self.newest_root()
         snap = root.signed.roles["snapshot"]
         keys = {kid: root.signed.keys[kid] for kid in snap.keyids}
         role = DelegatedRole(trust.RELEASED_ROLE, list(snap.keyids), snap.threshold, True,
@@ -216,12 +220,12 @@ class TrustRepo:
         problem = self.delegation_problem()
         if problem is None:
             return
-        store = self._keystore()
-        if not store.index["roles"].get("targets", {}).get("keys") or not all(
-                (store.directory / "private" / k).exists() for k in store.index["roles"]["targets"]["keys"]):
+        try:
+            self._keystore().signers("targets")  # the release key (threshold of them) is here: sign now
+        except ConfigError:
             raise ConfigError(f"the hosted top-level targets needs the operator: {problem}",
                               hint="On the release host run `edgekit registry trust init --db URL --keys DIR` "
-                                   "(signs with the release key), then start the registry again.")
+                                   "(signs with the release key), then start the registry again.") from None
         self.init_targets()
 
     # -- the online roles ----------------------------------------------------------------------
@@ -246,12 +250,13 @@ class TrustRepo:
         now = time.time() if now is None else now
         with self._lock:
             store = self._keystore()
-            self.import_roots()
+            self.import_roots(store)
             with Session(self.engine) as s:
                 cur = {role: _latest(s, role) for role in ("targets",) + ONLINE}
             if cur["targets"] is None:
                 raise ConfigError("no top-level targets to host yet",
                                   hint="Run `edgekit registry trust init --db URL --keys DIR` once (operator).")
+            nxt = {r: (cur[r].version if cur[r] else 0) + 1 for r in ONLINE}  # rows are the newest of each role
             due = {r: force or cur[r] is None or now >= cur[r].signed_at + (cur[r].expires - cur[r].signed_at) / 2
                    for r in ONLINE}
             new: dict = {}
@@ -261,20 +266,20 @@ class TrustRepo:
             targets_changed = listed is None or listed.version != cur["targets"].version  # e.g. new delegation keys
             if due["released"] or targets_changed or old is None or \
                     {p: t.to_dict() for p, t in old.items()} != {p: t.to_dict() for p, t in wanted.items()}:
-                new["released"] = Metadata(Targets(version=self._next_version("released"),
+                new["released"] = Metadata(Targets(version=nxt["released"],
                                                    expires=_expiry(now + self.lifetimes["released"]), targets=wanted))
                 trust.sign(new["released"], store.signers("snapshot"))
             released_v = new["released"].signed.version if "released" in new else cur["released"].version
             if new or due["snapshot"]:
                 new["snapshot"] = Metadata(Snapshot(
-                    version=self._next_version("snapshot"), expires=_expiry(now + self.lifetimes["snapshot"]),
+                    version=nxt["snapshot"], expires=_expiry(now + self.lifetimes["snapshot"]),
                     meta={"targets.json": MetaFile(cur["targets"].version), "released.json": MetaFile(released_v)}))
                 trust.sign(new["snapshot"], store.signers("snapshot"))
             snap_raw = new["snapshot"].to_bytes() if "snapshot" in new else cur["snapshot"].raw.encode()
             if new or due["timestamp"]:
                 snap_v = new["snapshot"].signed.version if "snapshot" in new else cur["snapshot"].version
                 new["timestamp"] = Metadata(Timestamp(
-                    version=self._next_version("timestamp"), expires=_expiry(now + self.lifetimes["timestamp"]),
+                    version=nxt["timestamp"], expires=_expiry(now + self.lifetimes["timestamp"]),
                     snapshot_meta=MetaFile(snap_v, len(snap_raw), {"sha256": hashlib.sha256(snap_raw).hexdigest()})))
                 trust.sign(new["timestamp"], store.signers("timestamp"))
             if new:
@@ -312,15 +317,12 @@ class Resigner:
         self.tick_s = tick_s or min(max(min(repo.lifetimes.values()) / 4, 0.2), 60.0)
         self._stop, self._wake = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
-        self.signed = 0
-        self.last_error: str | None = None
 
     def step(self) -> None:
         try:
-            self.signed += len(self.repo.resign())
-            self.last_error = None
-        except Exception as exc:  # noqa: BLE001 - keep re-signing; status shows the problem
-            self.last_error = repr(exc)
+            self.repo.resign()
+        except Exception as exc:  # noqa: BLE001 - keep re-signing (next tick); `trust status` shows what is overdue
+            log.warning("re-signing the hosted trust metadata failed (retried in %.1f s): %s", self.tick_s, exc)
 
     def _run(self) -> None:
         while not self._stop.is_set():
