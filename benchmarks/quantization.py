@@ -56,6 +56,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from edgekit.core.parity import cosine  # noqa: E402  (after the path is set)
+
 RECIPES = [("fp32", "minmax"), ("fp16", "minmax"), ("int8-dynamic", "minmax"), ("int8-static", "minmax"), ("int8-static", "entropy"),
            ("int8-static", "percentile")]
 OCR_MEAN, OCR_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -109,11 +111,6 @@ def latency_pair(base, cand, name: str, x: np.ndarray, runs: int, blocks: int = 
                 s.run(None, feed)
                 times[k].append((time.perf_counter() - t0) * 1000)
     return float(np.median(times[0])), float(np.median(times[1]))
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
 def extra_cosines(spec: dict, ref: np.ndarray, got: np.ndarray) -> dict:

@@ -32,6 +32,8 @@ from typing import Callable
 
 import numpy as np
 
+from edgekit.core.parity import cosine
+
 HEAVY_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 FLOAT_PREFIX_BUDGET = 0.12   # max fraction of heavy-op MACs kept fp32 (speed: int8 stays >= 1.6x fp32)
 PROBE_SAMPLES = 8
@@ -78,11 +80,6 @@ def prefix_cuts(model, budget: float = FLOAT_PREFIX_BUDGET) -> list[tuple[int, f
             break
         cuts.append((cut, round(fraction, 4)))
     return cuts
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
 def model_outputs(path: Path, probe: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -157,3 +157,11 @@ def test_load_golden_truncated(tmp_path, cut):
     data = data[: len(data) // 2] if cut == "half" else b""
     with pytest.raises(BundleError):
         parity.load_golden(write(tmp_path / "golden.npz", data))
+
+
+def test_cosine_flattens_and_handles_all_zero_tensors():
+    a = np.arange(1, 7, dtype=np.float32).reshape(2, 3)
+    assert parity.cosine(a, a) == pytest.approx(1.0) and parity.cosine(a, -a) == pytest.approx(-1.0)
+    assert parity.cosine(a, a.ravel()[::-1].reshape(3, 2)) < 0.8
+    assert parity.cosine(np.zeros(4), np.zeros((2, 2))) == 1.0   # both silent: they agree
+    assert parity.cosine(np.zeros(4), np.ones(4)) == 0.0         # one silent: they do not

@@ -207,7 +207,7 @@ def test_ppocr_det_int8_keeps_its_sensitive_stem_float_and_gets_closer_to_fp32(p
     the text mask move closer to fp32: validation cosine 0.980 (was 0.95-0.97), mask IoU 0.967
     (was 0.934), worst image 0.945 (was 0.89). The figures are recomputed from the artifact, not
     taken from the report."""
-    from converters.sensitivity import cosine
+    from edgekit.core.parity import cosine
 
     c = kept_int8(ppocr_det["report"])
     fp = c["float_prefix"]

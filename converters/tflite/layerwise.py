@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgekit.core.parity import cosine
+
 from . import onnx_import, onnx_prep, quantize
 from .convert import calibration_samples
 from .runtime import interpreter, run
@@ -32,12 +34,6 @@ def _real(interp, idx: int, tensor) -> tuple[np.ndarray, tuple[float, float]]:
     info = np.iinfo(tensor.dtype)
     s, z = float(q.scale[0]), float(q.zero_point[0])
     return (a - z) * s, ((info.min - z) * s, (info.max - z) * s)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel(), b.ravel()
-    den = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return 1.0 if den == 0 and not a.any() and not b.any() else float(a @ b / den) if den else 0.0
 
 
 def compare_layers(onnx_path, calibration: dict[str, np.ndarray], sample: dict[str, np.ndarray], *,
@@ -78,7 +74,7 @@ def compare_layers(onnx_path, calibration: dict[str, np.ndarray], sample: dict[s
             clipped = float(np.mean((ref < lo) | (ref > hi)))
             ref = np.clip(ref, lo, hi)
             scale = max(float(np.abs(ref).max()), 1e-12)
-            rows.append({"index": k, "op": op.op, "tensor": name, "cosine": _cosine(ref, got),
+            rows.append({"index": k, "op": op.op, "tensor": name, "cosine": cosine(ref, got),
                          "rel_max_diff": float(np.abs(ref - got).max()) / scale, "clipped": clipped,
                          "range": [float(v) for v in ranges.get(out, (0.0, 0.0))]})
     return rows

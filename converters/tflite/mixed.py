@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgekit.core.parity import cosine
+
 from . import quantize
 from .runtime import interpreter, run
 from .schema_writer import Model, serialize
@@ -32,11 +34,6 @@ def _outputs(data: bytes, samples: list[dict]) -> list[np.ndarray]:
     return [np.concatenate([v.ravel() for v in run(interp, s).values()]).astype(np.float64) for s in samples]
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    den = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(a @ b / den) if den else float(not a.any() and not b.any())
-
-
 def float_prefix(model: Model, ranges: dict, means: dict, samples: list[dict], *, min_cosine: float = MIN_COSINE,
                  max_float_fraction: float = MAX_FLOAT_FRACTION) -> tuple[list[int], dict]:
     """Operator indices to keep float and ``{"cut", "score", "trials": [[cut, score], ...]}``."""
@@ -48,7 +45,7 @@ def float_prefix(model: Model, ranges: dict, means: dict, samples: list[dict], *
     best = (-2.0, 0)
     for cut in cuts:
         got = _outputs(serialize(quantize.to_int8(model, ranges, means=means, keep_float=range(cut))), scored)
-        score = float(np.mean([_cosine(a, b) for a, b in zip(ref, got)]))
+        score = float(np.mean([cosine(a, b) for a, b in zip(ref, got)]))
         trials.append([cut, round(score, 5)])
         best = max(best, (score, -cut))
         if score >= min_cosine:

@@ -17,6 +17,14 @@ import numpy as np
 from .errors import BundleError
 
 
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two tensors, flattened, in float64; two all-zero tensors agree (1.0), one
+    all-zero tensor against a non-zero one does not (0.0)."""
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    den = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / den) if den else float(not a.any() and not b.any())
+
+
 @dataclass
 class ParityMetrics:
     max_abs_diff: float
