@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from edgekit.core.errors import RollbackError, UsageError
 
-from . import catalog, rollout_overlap, rollout_store
+from . import catalog, rollout_store
 from .rollout_store import Rollout, Target
 
 
@@ -67,13 +67,7 @@ def rollback_to(engine: Engine, rid: str, model: str, version: str, *, timeout_s
     out = rollout_store.create(engine, model=model, version=version, selector="all",
                                devices=[t.device for t in targets], waves=waves or [100.0], abort_if=[],
                                timeout_s=timeout_s, rate_per_min=r.rate_per_min, supersede=True, rollback_of=rid)
-    with Session(engine) as s, s.begin():
-        # a finished rollout was not active, so create() took nothing over: hand its devices over too,
-        # so a later plain rollback of it cannot switch them away from the release chosen here
-        left = list(s.scalars(select(Target.device).where(Target.rollout_id == rid, Target.superseded_by.is_(None),
-                                                          Target.device.in_([t.device for t in targets]))))
-        if left:
-            rollout_overlap.supersede(s, {rid: {"state": r.state, "devices": left}}, out["id"])
+    with Session(engine) as s, s.begin():  # create() handed rid's devices over under its lock (rollback_of)
         old = s.get(Rollout, rid)
         note = f"rolled back to {model}@{version} by rollout {out['id']}"
         old.reason, old.updated = (f"{old.reason}; {note}" if old.reason else note), time.time()

@@ -25,14 +25,18 @@ from edgekit.core.errors import RolloutConflictError
 SHOWN = 5  # devices named per rollout in the error message (all of them are in the error's details)
 
 
-def conflicts(s: Session, devices: list[str]) -> dict[str, dict]:
-    """``{rollout id: {"state": ..., "devices": [...]}}`` for active rollouts that hold any of ``devices``."""
+def conflicts(s: Session, devices: list[str], also: str | None = None) -> dict[str, dict]:
+    """``{rollout id: {"state": ..., "devices": [...]}}`` for active rollouts that hold any of ``devices``;
+    ``also``: a rollout whose devices count as held whatever its state (the one a rollback-to replaces,
+    finished or not, so a later plain rollback of it cannot switch them away)."""
     from .rollout_store import Rollout, Target
 
     if not devices:
         return {}
     owned = or_(Rollout.state.in_(("running", "paused")),
                 and_(Rollout.state == "rolling_back", Target.rollback_state.in_(("pending", "sent"))))
+    if also:
+        owned = or_(owned, Rollout.id == also)
     rows = s.execute(select(Target.rollout_id, Rollout.state, Target.device)
                      .join(Rollout, Rollout.id == Target.rollout_id)
                      .where(owned, Target.superseded_by.is_(None), Target.device.in_(devices))

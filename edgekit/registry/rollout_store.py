@@ -109,7 +109,7 @@ def create(engine: Engine, *, model: str, version: str, selector: str, waves: li
     now = time.time()
     with Session(engine) as s, s.begin():
         serialize_writers(s, OVERLAP_LOCK)  # the overlap check and the new targets form one step
-        found = rollout_overlap.conflicts(s, [d["id"] for d in order])
+        found = rollout_overlap.conflicts(s, [d["id"] for d in order], also=rollback_of)
         if found and not supersede:
             raise rollout_overlap.refuse(found)
         taken = rollout_overlap.supersede(s, found, rid, now) if found else {}
