@@ -232,13 +232,14 @@ def int8_static(src: Path, dst: Path, calibration: Dataset, method: str = "minma
         if target_cosine is not None and len(calibration) >= 2 * PROBE_SAMPLES:
             probe = calibration.head(PROBE_SAMPLES).inputs
             # in-sample cosine flatters the artifact: below the target it is a real miss worth a search
-            in_sample = probe_cosine(model_outputs(src, probe), dst, probe)
+            reference = model_outputs(src, probe)
+            in_sample = probe_cosine(reference, dst, probe)
             info = {"target_cosine": target_cosine, "in_sample_probe_cosine_all_int8": round(in_sample, 5),
                     "searched": in_sample < target_cosine, "float_nodes": 0}
             if info["searched"]:
                 held_in = Dataset({k: v[PROBE_SAMPLES:] for k, v in calibration.inputs.items()})
                 info.update(choose_float_prefix(src, quantizer(held_in, work / "search-ranges.json"), work, probe,
-                                                target_cosine))
+                                                target_cosine, reference=reference))
                 if info["float_nodes"]:
                     full(float_prefix_names(src, info["float_nodes"]), dst)
     compact_names(dst)

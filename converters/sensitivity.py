@@ -108,15 +108,16 @@ def float_prefix_names(src: Path, cut: int) -> list[str]:
 
 def choose_float_prefix(src: Path, quantize: Callable[[list[str], Path], None], work: Path,
                         probe: dict[str, np.ndarray], target: float,
-                        budget: float = FLOAT_PREFIX_BUDGET) -> dict:
+                        budget: float = FLOAT_PREFIX_BUDGET, reference: list[np.ndarray] | None = None) -> dict:
     """Search the float prefix (``quantize(extra_excluded_node_names, out_path)`` builds a candidate
     whose ranges must NOT come from ``probe``) that serves ``target`` best within ``budget``; return
-    what was tried, ``float_nodes`` being the chosen prefix length (0: all int8)."""
+    what was tried, ``float_nodes`` being the chosen prefix length (0: all int8). ``reference``: the
+    fp32 outputs on ``probe`` when the caller already has them."""
     import onnx
 
     model = onnx.load(str(src), load_external_data=False)
     names = [n.name for n in model.graph.node]
-    reference = model_outputs(src, probe)
+    reference = model_outputs(src, probe) if reference is None else reference
     quantize([], work / "int8-prefix-0.onnx")
     base = best_cos = probe_cosine(reference, work / "int8-prefix-0.onnx", probe)
     info = {"target_cosine": target, "budget_macs_fraction": budget, "probe_samples": len(reference[0]),
