@@ -38,7 +38,12 @@ What is measured (all on loopback, everything started here is stopped before exi
      while it arrives), verify (TUF; members copied out and hashed in one pass), stage (rename),
      health check (a worker thread with a deadline), switch, and serving load (``on_commit`` as
      the agent does it: the health-check session is reused). Per-state times come from the
-     timestamps of the emitted events.
+     timestamps of the emitted events. Each install is an update: the session of the previous
+     install keeps serving (stays alive) until the new one commits, so the new session needs fresh
+     memory as on a device;
+   * floor: the health check alone in a new thread with the previous session alive (``GateAlone``),
+     interleaved with the baseline: baseline + that is what no health-checked install can go under
+     (``floor_ratio_over_baseline`` vs the 1.5 goal; ADR 0015);
 
    * previous defaults: the same install with onnxruntime pool threads spinning and all 20 latency
      runs (what the agent did before ``[inference] spin = false`` and the early latency stop);
@@ -454,7 +459,7 @@ def bench_install(work: Path, args) -> dict:
                 marks.append((state, time.perf_counter()))
 
             data_dir = work / "install" / f"run-{i}"
-            served: list = []
+            served: list = []  # this install's session; the previous install's one serves until it commits
 
             def on_commit(slot_dir, manifest, runner):  # what Agent._load_model does: serve, reusing the
                 served.append(runner or load_runner(slot_dir / manifest["artifact"], manifest["engine"],
@@ -472,10 +477,12 @@ def bench_install(work: Path, args) -> dict:
                 installer_mod.STREAMED_DIGESTS = True
             if rec.state != "committed" or len(served) != 1:
                 raise RuntimeError(f"install ended in {rec.state}: {rec.error}")
+            serving["runner"] = served[0]  # an update, as on a device: the old model serves while the new loads
             states = {s: (marks[k + 1][1] - t) for k, (s, t) in enumerate(marks[:-1])}
             shutil.rmtree(data_dir, ignore_errors=True)
             return elapsed, states
 
+        serving: dict = {"runner": None}  # the model being served while the next install runs
         mqtt = stack_mqtt(work, server.store, sha)  # MQTT chunked transfer from the same artifact store
 
         def fetch_http(i: int) -> float:  # agent.fetch over HTTP Range (what the installer's download does)
@@ -506,6 +513,8 @@ def bench_install(work: Path, args) -> dict:
             shutil.rmtree(data_dir, ignore_errors=True)
             return elapsed
 
+        gate = GateAlone(work, bundle, store, serving_threads(0, profile.threads))
+
         fetch_http(-1), fetch_mqtt(-1), candidate_mqtt(-1)
         http_s, mqtt_s, cand_m_s = [], [], []
         for i in range(args.install_runs):
@@ -513,11 +522,16 @@ def bench_install(work: Path, args) -> dict:
             mqtt_s.append(fetch_mqtt(i))
             cand_m_s.append(candidate_mqtt(i))
         baseline(-1), candidate(-1), candidate(-2, threads=1), candidate_previous(-1)  # warm-up (page cache, tuf)
+        gate.one(), gate.one()
         candidate(-3, health_check=False), candidate(-4, streamed=False)
         base_s, cand_s, per_state, cand1_s, per_state1, prev_s, nohc_s, per_state_nohc = [], [], [], [], [], [], [], []
         copyhash_s, per_state_copyhash = [], []
+        gate_s, gate_faults = [], []
         for i in range(args.install_runs):
             base_s.append(baseline(i))
+            t, faults = gate.one()
+            gate_s.append(t)
+            gate_faults.append(faults)
             t, states = candidate(i)
             cand_s.append(t)
             per_state.append(states)
@@ -557,6 +571,16 @@ def bench_install(work: Path, args) -> dict:
             "median_s": round(statistics.median(prev_s), 4), "all_s": [round(v, 4) for v in prev_s],
             "ratio_over_baseline": round(statistics.median(prev_s) / med_b, 3)},
         "goal_ratio": 1.5,
+        "floor": {
+            "what": "what no health-checked install can skip beyond the baseline, measured in the same interleaved "
+                    "loop: the health check alone (session build + golden + latency runs) in a new thread while "
+                    "the previous model's session stays alive, as in the agent (the old model serves while the new "
+                    "one loads; no download, verify, stage, fsync or switch). floor = baseline + that",
+            "gate_alone_median_s": round(statistics.median(gate_s), 4), "gate_alone_all_s": [round(v, 4) for v in gate_s],
+            "gate_alone_minor_faults_median": int(statistics.median(gate_faults)),
+            "floor_s": round(med_b + statistics.median(gate_s), 4),
+            "floor_ratio_over_baseline": round((med_b + statistics.median(gate_s)) / med_b, 3),
+            "candidate_over_floor": round(med_c / (med_b + statistics.median(gate_s)), 3)},
         "per_state_median_s": {s: round(statistics.median(r[s] for r in per_state), 4) for s in state_names},
         "candidate_without_health_check": {
             "what": "the same install with the health-check handler made a no-op (measurement only: the agent "
@@ -594,6 +618,44 @@ def bench_install(work: Path, args) -> dict:
                                     "ratio_over_baseline": round(statistics.median(cand_m_s) / med_b, 3)},
         },
     }
+
+
+class GateAlone:
+    """The install's health check on its own, as the agent runs it: a new worker thread builds the
+    session and runs golden + latency runs while the previous model's session is still alive (so the
+    new one needs fresh memory: its first-touch page faults are counted, ``RUSAGE_THREAD``)."""
+
+    def __init__(self, work: Path, bundle: Path, store, threads: int) -> None:
+        from edgekit.core import bundle as bundle_mod
+        from edgekit.core import trust
+
+        self.dir = work / "gate"
+        self.manifest = bundle_mod.open_bundle(bundle, trust.load_trusted_root(store.root_path.read_bytes(), None),
+                                               self.dir).manifest
+        self.threads, self.serving = threads, None
+
+    def one(self) -> tuple[float, int]:
+        import resource
+
+        import agent.installer as installer_mod
+        from agent.runtime import load_runner
+
+        m, box = self.manifest, {}
+
+        def work() -> None:
+            f0 = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+            t0 = time.perf_counter()
+            rss0 = installer_mod.current_rss()  # as Installer._health_check: the memory budget is checked too
+            runner = load_runner(self.dir / m["artifact"], m["engine"], self.threads)
+            installer_mod.health_check(runner, self.dir / m["golden"]["file"], m, 20, rss_before=rss0)
+            box.update(t=time.perf_counter() - t0, runner=runner,
+                       faults=resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - f0)
+
+        worker = threading.Thread(target=work, name="health-check")
+        worker.start()
+        worker.join()
+        self.serving = box["runner"]  # serves until the next one is checked, as the agent's old slot does
+        return box["t"], box["faults"]
 
 
 def bench_health_check(work: Path, bundle: Path, store, threads: int, runs: int) -> dict:
@@ -737,6 +799,10 @@ def print_table(res: dict) -> None:
     print(f"{'Installer.install':34} {ins['candidate_installer']['median_s']:8.3f} s   "
           f"ratio {ins['ratio_candidate_over_baseline']} (goal <= {ins['goal_ratio']})")
     print("  per state (median s): " + ", ".join(f"{k} {v}" for k, v in ins["per_state_median_s"].items()))
+    fl = ins["floor"]
+    print(f"{'  floor: baseline + health check':34} {fl['floor_s']:8.3f} s   ratio {fl['floor_ratio_over_baseline']} "
+          f"(health check alone {fl['gate_alone_median_s']} s, {fl['gate_alone_minor_faults_median']} page faults); "
+          f"install / floor {fl['candidate_over_floor']}")
     nohc = ins["candidate_without_health_check"]
     print(f"{'  without the health check':34} {nohc['median_s']:8.3f} s   ratio {nohc['ratio_over_baseline']}")
     print("    per state (median s): " + ", ".join(f"{k} {v}" for k, v in nohc["per_state_median_s"].items()))
