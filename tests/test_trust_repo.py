@@ -217,3 +217,18 @@ def test_status_and_resign_cli_against_a_running_registry(trust_registry_factory
     monkeypatch.delenv("EDGEKIT_REGISTRY_TOKEN")
     res = runner.invoke(cli, ["registry", "trust", "resign", "--registry", reg.url])
     assert res.exit_code == 10 and "token" in res.output  # a write: operator token required
+
+
+def test_read_commands_refuse_a_missing_sqlite_database(tmp_path):
+    """A mistyped --db must not create an empty registry database and report "not hosted"."""
+    from edgekit.cli.main import cli
+
+    missing = tmp_path / "typo.db"
+    runner = CliRunner()
+    for args in (["registry", "trust", "status", "--db", f"sqlite:///{missing}", "--json"],
+                 ["registry", "token", "ls", "--db", f"sqlite:///{missing}", "--json"],
+                 ["registry", "token", "revoke", "--db", f"sqlite:///{missing}", "0123abcd", "--json"]):
+        res = runner.invoke(cli, args)
+        assert res.exit_code == 3, (args, res.output)
+        assert "no registry database at" in res.output and str(missing) in res.output
+        assert not missing.exists()

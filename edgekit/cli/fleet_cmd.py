@@ -285,7 +285,7 @@ def token_ls(db_url: str, as_json: bool) -> None:
 
         from edgekit.registry import db, tokens
 
-        rows = tokens.list_tokens(db.open_db(db_url))
+        rows = tokens.list_tokens(db.open_existing_db(db_url))
         if as_json:
             return emit_json({"tokens": rows})
         fmt = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "-"  # noqa: E731
@@ -309,7 +309,7 @@ def token_revoke(db_url: str, token_id: str, as_json: bool) -> None:
     def body():
         from edgekit.registry import db, tokens
 
-        out = tokens.revoke(db.open_db(db_url), token_id)
+        out = tokens.revoke(db.open_existing_db(db_url), token_id)
         emit_json(out) if as_json else click.echo(f"revoked token {out['id']} ({out['name']}, {out['role']})")
     run_guarded(body, as_json)
 

@@ -116,7 +116,7 @@ def trust_status(db_url: str | None, registry: str, as_json: bool) -> None:
         if db_url:
             from edgekit.registry import db, trust_repo
 
-            out = trust_repo.status(db.open_db(db_url))
+            out = trust_repo.status(db.open_existing_db(db_url))
         else:
             from edgekit.registry_client import api
 

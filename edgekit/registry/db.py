@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any, Iterable
 
 from sqlalchemy import (JSON, Boolean, Float, Integer, String, UniqueConstraint, create_engine, event, func, insert,
                         select)
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from edgekit.core.errors import ConfigError
 
 
 class Base(DeclarativeBase):
@@ -93,6 +96,18 @@ def open_db(url: str) -> Engine:
     engine = make_engine(url)
     migrations.upgrade(engine)
     return engine
+
+
+def open_existing_db(url: str) -> Engine:
+    """:func:`open_db` for commands that only read or change an existing registry: a SQLite URL whose
+    file does not exist is refused instead of creating an empty database (a mistyped ``--db``)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and not Path(parsed.database).exists():
+        raise ConfigError(f"no registry database at {parsed.database}",
+                          hint="Check --db (a SQLAlchemy URL such as sqlite:///registry.db, relative to the current "
+                               "directory); `edgekit registry serve` creates the database on first start.")
+    return open_db(url)
 
 
 def make_engine(url: str) -> Engine:
