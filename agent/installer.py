@@ -92,6 +92,10 @@ CRASH_ENV = "EDGEKIT_TEST_KILL_AT"
 MIN_LATENCY_RUNS = 5
 FAR_FROM_BUDGET = 4.0
 AGENT_BUILD_TIME = 1795600000.0  # a floor for the clock of devices without an RTC (2026-11)
+# The persisted time floor (time_floor.json: metadata expiry is judged at max(clock, floor), so a clock
+# set back cannot revive expired metadata) advances in steps: after a power cut and a clock reset the
+# device judges expiry at most this much earlier than the last time it saw (ADR 0015).
+FLOOR_STEP_S = 3600.0
 
 Emit = Callable[[str, bool, dict, "EdgekitError | None", "str | None"], None]
 OnCommit = Callable[[Path, dict, "Runner | None"], None]  # (slot dir, manifest, checked runner or None)
@@ -273,7 +277,7 @@ class Installer:
         floor_path = self.data_dir / "time_floor.json"
         floor = (read_json(floor_path) or {}).get("floor", 0.0)
         now = max(time.time(), floor, AGENT_BUILD_TIME)
-        if now > floor:
+        if now > floor + FLOOR_STEP_S:  # durable, but at most once per step (it was 2 fsyncs per install)
             atomic_write_json(floor_path, {"floor": now})
         return now
 

@@ -27,7 +27,7 @@ from edgekit.core.profiles import load_profile
 
 from . import __version__
 from .config import AgentConfig
-from .installer import InstallRequest, Installer
+from .installer import TERMINAL, InstallRequest, Installer
 from .runtime import Runner, load_runner, serving_threads
 from .spool import Spool
 from .telemetry import InferenceStats, health
@@ -36,6 +36,10 @@ if TYPE_CHECKING:  # numpy and the drift/tensor codecs load with the first model
     import numpy as np
 
     from edgekit.core.drift import Sketch
+
+# True: every install event is fsynced in the spool (the policy before ADR 0015; benchmarks/agent.py
+# compares both). False: only outcomes (terminal states) and failures are.
+DURABLE_EVENTS = False
 
 
 class Agent:
@@ -140,7 +144,10 @@ class Agent:
                              model=details.get("model"), version=details.get("version"))
         payload = messages.dumps(msg)
         if self.conn is not None:  # through the spool, like telemetry: a broker outage loses no event
-            self.spool.append(topics.events(self.cfg.fleet, self.cfg.device_id), payload)
+            # an install's progress events are not fsynced (2 fsyncs each, 7 per install); its outcome is,
+            # and survives a power cut like the install's own state record (ADR 0015)
+            self.spool.append(topics.events(self.cfg.fleet, self.cfg.device_id), payload,
+                              durable=DURABLE_EVENTS or state in TERMINAL or not ok)
             self._wake.set()
         else:
             print(payload.decode(), flush=True)

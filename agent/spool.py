@@ -1,10 +1,13 @@
 """A disk-backed FIFO of outgoing MQTT messages with a byte budget (the telemetry spool).
 
-Every message is written to ``<dir>/<seq>.msg`` (atomic, fsynced) *before* it is sent, and
-deleted only after the broker acknowledged it (QoS 1 PUBACK), so a broker outage or an agent
-crash loses nothing that fits the budget; delivery is at-least-once (a message whose PUBACK was
-lost is sent again). Past the budget the *oldest* messages are dropped first and counted; the
-count survives restarts (``dropped.json``) and is reported in telemetry.
+Every message is written to ``<dir>/<seq>.msg`` (atomic) *before* it is sent, and deleted only
+after the broker acknowledged it (QoS 1 PUBACK), so a broker outage or an agent crash loses
+nothing that fits the budget; delivery is at-least-once (a message whose PUBACK was lost is sent
+again). A message appended with ``durable=True`` (the default) is fsynced too and survives a power
+cut; ``durable=False`` (the install's intermediate progress events, ADR 0015) survives any process
+crash, and a power cut may lose it or leave it empty/torn: such a record is dropped and counted,
+never sent. Past the budget the *oldest* messages are dropped first and counted; the count
+survives restarts (``dropped.json``) and is reported in telemetry.
 
 This module does not know MQTT: :meth:`Spool.flush` takes the send function.
 """
@@ -34,9 +37,16 @@ class Spool:
         self._bytes = sum(size for _, size in self._files)
         self._next = int(self._files[-1][0].stem) + 1 if self._files else 1
         self.dropped = (read_json(self.dir / "dropped.json") or {}).get("dropped", 0)
+        torn = [p for p, size in self._files if not size]  # a non-durable record emptied by a power loss
+        if torn:
+            self._files = [(p, size) for p, size in self._files if size]
+            for path in torn:
+                path.unlink(missing_ok=True)
+            self._count_drops(len(torn))
 
-    def append(self, topic: str, payload: bytes) -> bool:
-        """Store a message; False if it was dropped (larger than the whole budget, or disk full)."""
+    def append(self, topic: str, payload: bytes, durable: bool = True) -> bool:
+        """Store a message; False if it was dropped (larger than the whole budget, or disk full).
+        ``durable=False``: not fsynced (kept across process crashes, not necessarily power cuts)."""
         record = topic.encode() + b"\n" + payload
         with self._lock:
             if len(record) > self.budget:
@@ -50,7 +60,7 @@ class Spool:
                 drops += 1
             path = self.dir / f"{self._next:016d}.msg"
             try:
-                atomic_write_bytes(path, record)
+                atomic_write_bytes(path, record, durable=durable)
             except StorageError:
                 self._count_drops(drops + 1)
                 return False
@@ -78,9 +88,14 @@ class Spool:
                         return sent
                     path, size = self._files[0]
                 try:
-                    topic, _, payload = path.read_bytes().partition(b"\n")
+                    topic, sep, payload = path.read_bytes().partition(b"\n")
                 except FileNotFoundError:  # dropped for the budget meanwhile (or removed by hand)
                     self._forget(path, size)
+                    continue
+                if not (sep and topic and payload) or payload.endswith(b"\0") or not _valid_topic(topic):  # torn
+                    self._forget(path, size)
+                    with self._lock:
+                        self._count_drops(1)
                     continue
                 try:
                     send(topic.decode(), payload)
@@ -100,3 +115,11 @@ class Spool:
         with self._lock:
             return {"pending": len(self._files), "bytes": self._bytes, "budget_bytes": self.budget,
                     "dropped": self.dropped}
+
+
+def _valid_topic(raw: bytes) -> bool:
+    try:
+        topic = raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return topic.isprintable() and not any(c in topic for c in "+#\0")

@@ -33,7 +33,9 @@ What is measured (all on loopback, everything started here is stopped before exi
    HTTP server (``RegistryHTTPServer``, artifact store addressed by SHA-256):
 
    * baseline: ``urllib.request`` download to a file + ``hashlib.sha256`` of the bytes;
-   * candidate: ``agent.installer.Installer.install`` in-process into a fresh data dir (profile
+   * candidate: the installer of a real ``agent.service.Agent`` (constructed, not started; events go
+     through its disk spool as in ``edgekit-agent run``, progress events not fsynced, ADR 0015) in-process
+     into a fresh data dir (profile
      ``x86-64-gateway``, its default thread count capped at the CPUs available) = download (hashed
      while it arrives), verify (TUF; members copied out and hashed in one pass), stage (rename),
      health check (a worker thread with a deadline), switch, and serving load (``on_commit`` as
@@ -88,6 +90,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "agent.json"
+OFFLINE_BROKER = object()  # Agent.conn stand-in: not None = running, so events are spooled (never sent here)
 PROFILE = "x86-64-gateway"
 FLEET = "bench"
 
@@ -392,8 +395,10 @@ def bench_install(work: Path, args) -> dict:
 
     from agent.fetch import download
     from agent.fetch_mqtt import CHUNK_BYTES, WINDOW
+    from agent.config import AgentConfig
     from agent.installer import InstallRequest, Installer
-    from agent.runtime import load_runner, serving_threads
+    from agent.runtime import serving_threads
+    from agent.service import Agent
     from edgekit.core.profiles import load_profile
     from edgekit.keys import init_keystore
     from edgekit.registry.db import open_db
@@ -447,37 +452,42 @@ def bench_install(work: Path, args) -> dict:
             shutil.rmtree(data_dir, ignore_errors=True)
             return elapsed
 
-        def candidate(i: int, threads: int = 0, health_check: bool = True, streamed: bool = True) -> tuple[float, dict]:
-            """health_check=False: the same install with the health-check handler made a no-op (a measuring
-            device only, to separate the gate's cost: serving then loads the session in on_commit).
-            streamed=False: member digests are not taken during the download; verify hashes while copying."""
+        def candidate(i: int, threads: int = 0, health_check: bool = True, streamed: bool = True,
+                      durable_events: bool = False) -> tuple[float, dict]:
+            """The install as ``edgekit-agent run`` does it: a real Agent's installer, its events through the
+            disk spool (no broker here: they wait there for the sender), serving loaded by Agent._load_model.
+            health_check=False: the health-check handler made a no-op (a measuring device only, to separate
+            the gate's cost: serving then loads the session in on_commit). streamed=False: member digests are
+            not taken during the download; verify hashes while copying. durable_events=True: every install
+            event fsynced in the spool (the policy before ADR 0015)."""
             import agent.installer as installer_mod
+            import agent.service as service_mod
 
             marks: list[tuple[str, float]] = []
+            data_dir = work / "install" / f"run-{i}"
+            device = Agent(AgentConfig(device_id=f"bench-{i}", profile=PROFILE, data_dir=data_dir,
+                                       trusted_root=store.root_path, threads=threads))
+            device.conn = OFFLINE_BROKER  # as when running: events go to the spool, not stdout
+            inst, spool_events = device.installer, device.installer.emit
 
             def emit(state, ok, details, error, deployment_id):
                 marks.append((state, time.perf_counter()))
+                spool_events(state, ok, details, error, deployment_id)
 
-            data_dir = work / "install" / f"run-{i}"
-            served: list = []  # this install's session; the previous install's one serves until it commits
-
-            def on_commit(slot_dir, manifest, runner):  # what Agent._load_model does: serve, reusing the
-                served.append(runner or load_runner(slot_dir / manifest["artifact"], manifest["engine"],
-                                                    serving_threads(threads, profile.threads)))  # reuse if given
-
-            inst = Installer(data_dir, profile, store.root_path, emit, threads=threads, on_commit=on_commit)
+            inst.emit = emit
             if not health_check:
                 inst.handlers["health_check"] = lambda rec: None
-            installer_mod.STREAMED_DIGESTS = streamed
+            installer_mod.STREAMED_DIGESTS, service_mod.DURABLE_EVENTS = streamed, durable_events
             try:
                 t0 = time.perf_counter()
                 rec = inst.install(InstallRequest(deployment_id=f"bench-{i}", url=url, sha256=sha, length=length))
                 elapsed = time.perf_counter() - t0
             finally:
-                installer_mod.STREAMED_DIGESTS = True
-            if rec.state != "committed" or len(served) != 1:
+                installer_mod.STREAMED_DIGESTS, service_mod.DURABLE_EVENTS = True, False
+            if rec.state != "committed" or device.runner is None or device.spool.stats()["pending"] != len(marks):
                 raise RuntimeError(f"install ended in {rec.state}: {rec.error}")
-            serving["runner"] = served[0]  # an update, as on a device: the old model serves while the new loads
+            serving["runner"] = device.runner  # an update, as on a device: the old model serves while the new loads
+            device._pool.shutdown()
             states = {s: (marks[k + 1][1] - t) for k, (s, t) in enumerate(marks[:-1])}
             shutil.rmtree(data_dir, ignore_errors=True)
             return elapsed, states
@@ -523,9 +533,9 @@ def bench_install(work: Path, args) -> dict:
             cand_m_s.append(candidate_mqtt(i))
         baseline(-1), candidate(-1), candidate(-2, threads=1), candidate_previous(-1)  # warm-up (page cache, tuf)
         gate.one(), gate.one()
-        candidate(-3, health_check=False), candidate(-4, streamed=False)
+        candidate(-3, health_check=False), candidate(-4, streamed=False), candidate(-5, durable_events=True)
         base_s, cand_s, per_state, cand1_s, per_state1, prev_s, nohc_s, per_state_nohc = [], [], [], [], [], [], [], []
-        copyhash_s, per_state_copyhash = [], []
+        copyhash_s, per_state_copyhash, durable_s, per_state_durable = [], [], [], []
         gate_s, gate_faults = [], []
         for i in range(args.install_runs):
             base_s.append(baseline(i))
@@ -541,6 +551,9 @@ def bench_install(work: Path, args) -> dict:
             t, states = candidate(3000 + i, streamed=False)
             copyhash_s.append(t)
             per_state_copyhash.append(states)
+            t, states = candidate(4000 + i, durable_events=True)
+            durable_s.append(t)
+            per_state_durable.append(states)
             prev_s.append(candidate_previous(i))
             t, states = candidate(1000 + i, threads=1)
             cand1_s.append(t)
@@ -595,6 +608,13 @@ def bench_install(work: Path, args) -> dict:
             "median_s": round(statistics.median(copyhash_s), 4), "all_s": [round(v, 4) for v in copyhash_s],
             "ratio_over_baseline": round(statistics.median(copyhash_s) / med_b, 3),
             "per_state_median_s": {s: round(statistics.median(r[s] for r in per_state_copyhash), 4)
+                                   for s in state_names}},
+        "candidate_durable_events": {
+            "what": "the same install with every event fsynced in the agent's spool (DURABLE_EVENTS = True, the "
+                    "policy before ADR 0015: two fsyncs per progress event), interleaved",
+            "median_s": round(statistics.median(durable_s), 4), "all_s": [round(v, 4) for v in durable_s],
+            "ratio_over_baseline": round(statistics.median(durable_s) / med_b, 3),
+            "per_state_median_s": {s: round(statistics.median(r[s] for r in per_state_durable), 4)
                                    for s in state_names}},
         "verify_ab": verify_ab,
         "candidate_installer_threads_1": {
@@ -806,6 +826,8 @@ def print_table(res: dict) -> None:
     nohc = ins["candidate_without_health_check"]
     print(f"{'  without the health check':34} {nohc['median_s']:8.3f} s   ratio {nohc['ratio_over_baseline']}")
     print("    per state (median s): " + ", ".join(f"{k} {v}" for k, v in nohc["per_state_median_s"].items()))
+    de = ins["candidate_durable_events"]
+    print(f"{'  every event fsynced (before)':34} {de['median_s']:8.3f} s   ratio {de['ratio_over_baseline']}")
     ch = ins["candidate_hash_while_copying"]
     print(f"{'  hash while copying (no tap)':34} {ch['median_s']:8.3f} s   ratio {ch['ratio_over_baseline']}")
     print("    per state (median s): " + ", ".join(f"{k} {v}" for k, v in ch["per_state_median_s"].items()))

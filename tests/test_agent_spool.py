@@ -214,3 +214,46 @@ def test_any_send_failure_keeps_the_message(tmp_path):
     assert sp.flush(broken) == 0 and sp.stats()["pending"] == 1
     got = []
     assert sp.flush(lambda t, p: got.append((t, p))) == 1 and got == [("t", b"one")]
+
+
+def test_non_durable_records_torn_by_a_power_cut_are_dropped_and_counted_never_sent(tmp_path):
+    sp = Spool(tmp_path, budget_bytes=1 << 20)
+    assert sp.append("fleet/d/events", b'{"state": "staging"}', durable=False)
+    assert sp.append("fleet/d/events", b'{"state": "health_check"}', durable=False)
+    assert sp.append("fleet/d/events", b'{"state": "committed"}')
+    assert sp.append("fleet/d/events", b'{"state": "x"}', durable=False)
+    files = sorted(tmp_path.glob("*.msg"))
+    files[0].write_bytes(b"")                                     # delayed allocation: the size never hit disk
+    files[1].write_bytes(b"fleet/d/events\n" + b"\0" * 16)          # metadata committed, data blocks not
+    files[3].write_bytes(b"\0" * 40)                                # nothing but zeros
+    sp = Spool(tmp_path, budget_bytes=1 << 20)                      # the agent after the power cut
+    assert sp.stats()["dropped"] == 1 and sp.stats()["pending"] == 3  # the empty one at start-up
+    sent = []
+    assert sp.flush(lambda topic, payload: sent.append((topic, payload))) == 1
+    assert sent == [("fleet/d/events", b'{"state": "committed"}')]
+    assert sp.stats() == {"pending": 0, "bytes": 0, "budget_bytes": 1 << 20, "dropped": 3}
+    assert Spool(tmp_path, 1 << 20).dropped == 3 and not list(tmp_path.glob("*.msg"))
+
+
+def test_agent_fsyncs_install_outcomes_and_failures_not_progress_events(tmp_path, monkeypatch):
+    from agent.config import AgentConfig
+    from agent.service import Agent
+    from edgekit.core.errors import ParityError
+
+    agent = Agent(AgentConfig(device_id="d1", profile="x86-64-gateway", data_dir=tmp_path / "data",
+                              trusted_root=tmp_path / "root.json"))
+    agent.conn = object()  # as when running: events go through the spool
+    calls = []
+    real = agent.spool.append
+    monkeypatch.setattr(agent.spool, "append", lambda topic, payload, durable=True: (calls.append(
+        (messages_state(payload), durable)), real(topic, payload, durable))[1])
+    for state in ("downloading", "verifying", "health_check", "committed"):
+        agent._emit(state, True, {}, None, "dep-1")
+    agent._emit("failed", False, {}, ParityError("health check failed"), "dep-2")
+    assert calls == [("downloading", False), ("verifying", False), ("health_check", False), ("committed", True),
+                     ("failed", True)]
+    assert agent.spool.stats()["pending"] == 5
+
+
+def messages_state(payload: bytes) -> str:
+    return json.loads(payload)["state"]

@@ -203,3 +203,32 @@ def test_the_slot_is_fsynced_before_the_switch_once_or_again_if_the_background_s
     v1 = make_bundle(version="1.0.0", release=50)
     assert make_installer(tmp_path, keystore).install(InstallRequest("d1", bundle_path=str(v1))).state == "committed"
     assert calls == (["slot-sync", "MainThread"] if background_fails else ["slot-sync"])
+
+
+def test_the_time_floor_is_persisted_in_steps_and_never_goes_back(tmp_path, keystore, monkeypatch):
+    """ADR 0015: time_floor.json is written (durably) when it falls FLOOR_STEP_S behind, not on every
+    install; the reference time is still max(clock, floor) to the second."""
+    import json
+
+    import agent.installer as installer_mod
+
+    writes = []
+    real = installer_mod.atomic_write_json
+    monkeypatch.setattr(installer_mod, "atomic_write_json",
+                        lambda path, obj, durable=True: (writes.append((path.name, obj, durable)),
+                                                         real(path, obj, durable=durable))[1])
+    clock = [installer_mod.AGENT_BUILD_TIME + 10 * 86400.0]
+    monkeypatch.setattr(installer_mod.time, "time", lambda: clock[0])
+    inst = make_installer(tmp_path, keystore)
+    floor_file = tmp_path / "time_floor.json"
+
+    assert inst._reference_time() == clock[0]
+    assert writes == [("time_floor.json", {"floor": clock[0]}, True)]
+    first = clock[0]
+    clock[0] += installer_mod.FLOOR_STEP_S - 1           # within a step: the exact clock, no write
+    assert inst._reference_time() == clock[0] and len(writes) == 1
+    clock[0] += 2                                        # a step behind: persisted again
+    assert inst._reference_time() == clock[0] and len(writes) == 2
+    assert json.loads(floor_file.read_text())["floor"] == clock[0]
+    clock[0] = first - 86400                             # the clock was set back (RTC lost after a power cut)
+    assert inst._reference_time() == first + installer_mod.FLOOR_STEP_S + 1 and len(writes) == 2
