@@ -1,10 +1,10 @@
 """Which activation calibration the default static int8 path keeps (ADR 0013, amendment 1).
 
 ``edgekit convert`` without ``--calibration-method`` (``auto``) builds static int8 with MinMax
-ranges first. When that artifact fails the parity gate (for any reason, e.g. also "slower than
-fp32": which reasons a calibration could change is not told apart) or misses the profile's
-``validation.min_cosine`` on the validation data (the gate's figure: the worst output's
-worst-image cosine), it also builds
+ranges first. When that artifact's answers fail the parity gate (outputs, task metric, accuracy:
+``fidelity_passed``; a failure only for size, speed, memory or ops is not one a calibration
+changes) or miss the profile's ``validation.min_cosine`` on the validation data (the gate's
+figure: the worst output's worst-image cosine), it also builds
 the Percentile candidate and keeps the better one on validation: one that passes the gate beats
 one that does not, then the higher cosine wins (ties keep MinMax). This is how ``auto`` already
 chooses between precisions: on validation data, not on a calibration-time probe. The probe cannot
@@ -36,8 +36,10 @@ def output_cosine(entry: dict) -> float:
 
 
 def good_enough(entry: dict, min_cosine: float) -> bool:
-    """True when no further calibration method needs building after ``entry``."""
-    return bool(entry.get("skipped")) or (entry["passed"] and output_cosine(entry) >= min_cosine)
+    """True when no further calibration method needs building after ``entry``: its answers pass
+    (whatever else failed) and reach ``min_cosine``."""
+    fidelity = entry.get("fidelity_passed", entry["passed"])
+    return bool(entry.get("skipped")) or (fidelity and output_cosine(entry) >= min_cosine)
 
 
 def best(entries: list[dict]) -> int:

@@ -25,7 +25,7 @@ from edgekit.core.profiles import Profile
 from . import calibration_choice, recipes, tasks
 from .checks import budget_verdicts, check_source, verdict_reasons
 from .data import Dataset
-from .gate import Candidate, choose_precisions, evaluate, gate_reasons
+from .gate import Candidate, choose_precisions, evaluate, fidelity_reasons, gate_reasons
 from .preprocess import external_bytes, load_source, prepare
 from .steps import StepLog
 
@@ -113,6 +113,7 @@ def _try_candidate(prec: str, prepared: Path, tmp: Path, profile: Profile, calib
     entry["reasons"] = (gate_reasons(entry, profile, allow_slower=prec == "fp32" or forced)
                         + verdict_reasons(verdicts))
     entry["passed"] = not entry["reasons"]
+    entry["fidelity_passed"] = not fidelity_reasons(entry, profile)  # what another calibration could change
     return entry, cand, path
 
 

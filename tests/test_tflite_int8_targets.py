@@ -93,7 +93,9 @@ def test_labelled_classification_refuses_an_accuracy_drop(tmp_path):
     got[:2] = got[:2, ::-1]                                 # two wrong predictions: -2 points, agreement 0.98
     _, e = _labelled_entry(got, ref, labels, tmp_path)
     assert not e["task"]["passed"] and e["task"]["accuracy_drop"] == pytest.approx(0.02)
-    assert any("accuracy drop 0.0200 vs max 0.01" in r for r in e["reasons"]), e["reasons"]
+    assert [r for r in e["reasons"] if "accuracy drop" in r] == [   # said once, by the task metric
+        "y: classification: top-1 agreement + accuracy vs labels 0.9800 vs min 0.99 over 100 samples, "
+        "accuracy drop 0.0200 vs max 0.01"], e["reasons"]
 
 
 def test_join_parts_rebuilds_the_source_output_and_names_a_mismatch():

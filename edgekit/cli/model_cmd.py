@@ -58,7 +58,7 @@ labels (drop <= the profile's max_accuracy_drop) plus top-1 agreement (ADR 0014)
                    "fp32; a forced precision that fails exits non-zero with the numbers.")
 @click.option("--calibration-method", default="auto", show_default=True,
               type=click.Choice(["auto", "minmax", "entropy", "percentile"]),
-              help="Activation range calibration (int8-static). auto = MinMax; if that fails the gate or misses "
+              help="Activation range calibration (int8-static). auto = MinMax; if its answers fail the gate or miss "
                    "the profile's min_cosine on the validation data, Percentile too, keeping the better on validation "
                    "(report.json lists both). A named method builds exactly that one.")
 @click.option("--task", default="auto", show_default=True,
