@@ -43,6 +43,9 @@ What is measured (all on loopback, everything started here is stopped before exi
      timestamps of the emitted events. Each install is an update: the session of the previous
      install keeps serving (stays alive) until the new one commits, so the new session needs fresh
      memory as on a device;
+   * paced links (``--link-mbit``, default 1000, 500 and 100 Mbit/s): baseline and candidate again, downloading
+     through ``PacedLink`` (a loopback proxy pacing the answer to that rate): loopback (~700 MB/s here) is
+     faster than any device link, and the install's fixed costs do not grow with the link;
    * floor: the health check alone in a new thread with the previous session alive (``GateAlone``),
      interleaved with the baseline: baseline + that is what no health-checked install can go under
      (``floor_ratio_over_baseline`` vs the 1.5 goal; ADR 0015);
@@ -418,12 +421,12 @@ def bench_install(work: Path, args) -> dict:
     thread.start()
     profile = load_profile(PROFILE)
     try:
-        def baseline(i: int) -> float:
+        def baseline(i: int, src: str | None = None) -> float:
             dest = work / "raw" / f"{i}.bundle"
             dest.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             h = hashlib.sha256()
-            with urllib.request.urlopen(url, timeout=30) as resp, open(dest, "wb") as out:
+            with urllib.request.urlopen(src or url, timeout=30) as resp, open(dest, "wb") as out:
                 while chunk := resp.read(256 * 1024):
                     h.update(chunk)
                     out.write(chunk)
@@ -453,7 +456,7 @@ def bench_install(work: Path, args) -> dict:
             return elapsed
 
         def candidate(i: int, threads: int = 0, health_check: bool = True, streamed: bool = True,
-                      durable_events: bool = False) -> tuple[float, dict]:
+                      durable_events: bool = False, src: str | None = None) -> tuple[float, dict]:
             """The install as ``edgekit-agent run`` does it: a real Agent's installer, its events through the
             disk spool (no broker here: they wait there for the sender), serving loaded by Agent._load_model.
             health_check=False: the health-check handler made a no-op (a measuring device only, to separate
@@ -480,7 +483,8 @@ def bench_install(work: Path, args) -> dict:
             installer_mod.STREAMED_DIGESTS, service_mod.DURABLE_EVENTS = streamed, durable_events
             try:
                 t0 = time.perf_counter()
-                rec = inst.install(InstallRequest(deployment_id=f"bench-{i}", url=url, sha256=sha, length=length))
+                rec = inst.install(InstallRequest(deployment_id=f"bench-{i}", url=src or url, sha256=sha,
+                                                  length=length))
                 elapsed = time.perf_counter() - t0
             finally:
                 installer_mod.STREAMED_DIGESTS, service_mod.DURABLE_EVENTS = True, False
@@ -558,6 +562,20 @@ def bench_install(work: Path, args) -> dict:
             t, states = candidate(1000 + i, threads=1)
             cand1_s.append(t)
             per_state1.append(states)
+        links = {}
+        for mbit in args.link_mbit:  # the same installs over a link paced to a device-class rate
+            with PacedLink(server.server_address[1], mbit * 1e6 / 8) as link:
+                src = url.replace(f":{server.server_address[1]}/", f":{link.port}/")
+                lb, lc = [], []
+                for i in range(args.link_runs):
+                    lb.append(baseline(5000 + i, src))
+                    lc.append(candidate(5000 + i, src=src)[0])
+            links[f"{mbit:g}_mbit"] = {"baseline_median_s": round(statistics.median(lb), 4),
+                                       "candidate_median_s": round(statistics.median(lc), 4),
+                                       "ratio_candidate_over_baseline": round(statistics.median(lc)
+                                                                              / statistics.median(lb), 3),
+                                       "baseline_all_s": [round(v, 4) for v in lb],
+                                       "candidate_all_s": [round(v, 4) for v in lc]}
     finally:
         server.shutdown()
         server.server_close()
@@ -584,6 +602,12 @@ def bench_install(work: Path, args) -> dict:
             "median_s": round(statistics.median(prev_s), 4), "all_s": [round(v, 4) for v in prev_s],
             "ratio_over_baseline": round(statistics.median(prev_s) / med_b, 3)},
         "goal_ratio": 1.5,
+        "paced_links": {
+            "what": "baseline and candidate (interleaved, median of --link-runs) downloading through PacedLink, a "
+                    "loopback proxy that paces the server's bytes to the rate of a device-class link (each "
+                    "connection from its start); the install's fixed costs (session build, golden runs, fsync) "
+                    "do not grow with the link while the baseline does",
+            **links},
         "floor": {
             "what": "what no health-checked install can skip beyond the baseline, measured in the same interleaved "
                     "loop: the health check alone (session build + golden + latency runs) in a new thread while "
@@ -638,6 +662,57 @@ def bench_install(work: Path, args) -> dict:
                                     "ratio_over_baseline": round(statistics.median(cand_m_s) / med_b, 3)},
         },
     }
+
+
+class PacedLink:
+    """A loopback TCP proxy to ``port`` that sends the server's answer at ``rate_bps`` bytes/s at most
+    (each connection paced from its start; the requests go through unpaced)."""
+
+    def __init__(self, port: int, rate_bps: float) -> None:
+        import socket
+
+        self.target, self.rate = ("127.0.0.1", port), rate_bps
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, name="paced-link", daemon=True).start()
+
+    def __enter__(self) -> "PacedLink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(conn, up, None), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, conn, self.rate), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst, rate: float | None) -> None:
+        import socket
+
+        t0, sent = time.monotonic(), 0
+        try:
+            while data := src.recv(64 * 1024):
+                dst.sendall(data)
+                sent += len(data)
+                if rate and (ahead := sent / rate - (time.monotonic() - t0)) > 0:
+                    time.sleep(ahead)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 class GateAlone:
@@ -819,6 +894,10 @@ def print_table(res: dict) -> None:
     print(f"{'Installer.install':34} {ins['candidate_installer']['median_s']:8.3f} s   "
           f"ratio {ins['ratio_candidate_over_baseline']} (goal <= {ins['goal_ratio']})")
     print("  per state (median s): " + ", ".join(f"{k} {v}" for k, v in ins["per_state_median_s"].items()))
+    for name, r in ins["paced_links"].items():
+        if isinstance(r, dict):
+            print(f"{'  over a link paced to ' + name.replace('_', ' '):34} {r['candidate_median_s']:8.3f} s   ratio "
+                  f"{r['ratio_candidate_over_baseline']} (baseline {r['baseline_median_s']} s)")
     fl = ins["floor"]
     print(f"{'  floor: baseline + health check':34} {fl['floor_s']:8.3f} s   ratio {fl['floor_ratio_over_baseline']} "
           f"(health check alone {fl['gate_alone_median_s']} s, {fl['gate_alone_minor_faults_median']} page faults); "
@@ -861,6 +940,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--install-runs", type=int, default=5, help="install runs per variant (default 5)")
     p.add_argument("--channels", type=int, nargs=2, default=(32, 48), metavar=("C1", "C2"),
                    help="conv channels of the ~1 ms model (default 32 48)")
+    p.add_argument("--link-mbit", type=float, nargs="*", default=[1000.0, 500.0, 100.0],
+                   help="also install over links paced to these rates, Mbit/s (default 1000 500 100; none: skip)")
+    p.add_argument("--link-runs", type=int, default=3, help="installs per paced link (default 3)")
     p.add_argument("--gemm", type=int, default=1600, help="Gemm size of the install model (default 1600: ~10 MB)")
     p.add_argument("--keep", type=Path, help="work in this folder and keep it (logs, bundles)")
     args = p.parse_args(argv)
