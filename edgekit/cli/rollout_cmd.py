@@ -209,9 +209,17 @@ def rollout_rollback(rollout_id: str, to_ref: str | None, keys_dir: str | None, 
 
         model, version = split_ref(to_ref)
         rules.parse_waves(waves)
-        resigned = _resign_if_needed(registry, rollout_id, model, version, keys_dir, quiet=as_json) if keys_dir else []
-        r = api(registry, "POST", f"/api/v1/rollouts/{rollout_id}/rollback",
-                body={"to": to_ref, "timeout_s": timeout, "waves": waves})
+        from edgekit.core.errors import RollbackError
+
+        order = {"to": to_ref, "timeout_s": timeout, "waves": waves}
+        resigned: list[dict] = []
+        try:
+            r = api(registry, "POST", f"/api/v1/rollouts/{rollout_id}/rollback", body=order)
+        except RollbackError as exc:  # the registry names the profiles whose counter devices would refuse
+            if not keys_dir or not exc.details.get("low"):
+                raise
+            resigned = _resign(registry, model, version, exc.details["low"], keys_dir, quiet=as_json)
+            r = api(registry, "POST", f"/api/v1/rollouts/{rollout_id}/rollback", body=order)
         if as_json:
             return emit_json({**r, "resigned": resigned})
         click.echo(f"rollout {r['id']}: back to {to_ref} on {r['total']} device(s) of rollout {rollout_id} — "
@@ -219,36 +227,27 @@ def rollout_rollback(rollout_id: str, to_ref: str | None, keys_dir: str | None, 
     run_guarded(body, as_json)
 
 
-def _resign_if_needed(registry: str, rid: str, model: str, version: str, keys_dir: str, quiet: bool) -> list[dict]:
-    """Re-release ``model@version`` for the profiles of ``rid``'s devices whose artifact counter is not above
-    every other release of the model the registry holds; upload the result. Returns what was re-signed."""
+def _resign(registry: str, model: str, version: str, low: dict, keys_dir: str, quiet: bool) -> list[dict]:
+    """Re-release ``model@version`` for the profiles in ``low`` (the registry's RollbackError details:
+    profile -> {release, newest}) with a counter above ``newest``; upload the result. Returns what was re-signed."""
     import tempfile
     from pathlib import Path
 
     import requests
 
     from edgekit.core.bundle import peek_manifest
-    from edgekit.core.errors import TransportError, UsageError
+    from edgekit.core.errors import TransportError
     from edgekit.deploy import upload
     from edgekit.keys import load_keystore
     from edgekit.release import rerelease_bundle
 
     store = load_keystore(keys_dir)
-    ro = api(registry, "GET", f"/api/v1/rollouts/{rid}")
-    profiles = sorted({t["profile"] for t in ro["targets"] if t["state"] in ("succeeded", "sent")
-                       and not t.get("superseded_by")})
     versions = api(registry, "GET", f"/api/v1/models/{model}")["versions"]
-    chosen = next((v for v in versions if v["version"] == version), None)
-    if chosen is None:
-        raise UsageError(f"unknown model version {model}@{version}", hint=f"`edgekit models show {model}` lists them.")
-    newest = max((a["release"] for v in versions for a in v["artifacts"]), default=0)
+    chosen = next(v for v in versions if v["version"] == version)  # the registry just named its artifacts
+    newest = max(int(x["newest"]) for x in low.values())
     done = []
     with tempfile.TemporaryDirectory(prefix="edgekit-resign-") as tmp:
-        for art in (a for a in chosen["artifacts"] if a["profile"] in profiles):
-            floor = max((a["release"] for v in versions if v["version"] != version for a in v["artifacts"]
-                         if a["profile"] == art["profile"]), default=0)
-            if art["release"] > floor:
-                continue
+        for art in (a for a in chosen["artifacts"] if a["profile"] in low):
             src = Path(tmp) / f"{art['sha256']}.bundle"
             url = f"{registry.rstrip('/')}/artifacts/{art['sha256']}.bundle"  # art["url"] has the server's bind address
             try:
