@@ -173,10 +173,22 @@ def _spec(d: dict, io_layout: str, output_layout: dict | None = None) -> dict:
     return spec
 
 
+def check_calibration_method(profile: Profile, method: str) -> None:
+    """The TFLite writer calibrates with MinMax: refuse another named method instead of ignoring it."""
+    if method not in ("auto", "minmax"):
+        raise UsageError(f"--calibration-method {method} is not available for {profile.id} "
+                         f"({profile.engine}): the TFLite writer calibrates with MinMax ranges",
+                         hint="Use --calibration-method auto (or minmax) for TFLite profiles, or convert them "
+                              "in a separate run from the ONNX profiles.")
+
+
 def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str, calibration: Dataset,
                    validation: Dataset, progress=lambda msg: None, task: str = "auto",
-                   dynamic_batch: bool = False) -> dict:
+                   dynamic_batch: bool = False, calibration_method: str = "auto") -> dict:
     """Produce ``out_dir/<profile>/{model.tflite, golden.npz, report.json}``; return the report.
+
+    The TFLite writer calibrates activations with MinMax ranges: ``calibration_method`` may be
+    ``auto`` or ``minmax``; another named method is refused rather than silently replaced.
 
     ``task`` (``auto`` or one of ``converters.tasks.TASKS``) selects the task metric of the gate.
     ``dynamic_batch`` asks for a resizable batch axis inside the artifact (checked by running a
@@ -186,6 +198,7 @@ def convert_tflite(src: Path, profile: Profile, out_dir: Path, *, precision: str
 
     if profile.engine not in TFLITE_ENGINES:
         raise UsageError(f"profile {profile.id} runs {profile.engine}; this pipeline writes TFLite")
+    check_calibration_method(profile, calibration_method)
     if dynamic_batch and (profile.raw["runtime"].get("static_shapes") or profile.engine == "tflite-micro"):
         raise UsageError(f"profile {profile.id} needs static shapes: a resizable batch is not possible there",
                          hint="Drop --dynamic-batch; the agent serves batches row by row on batch-1 artifacts.")

@@ -170,3 +170,18 @@ def test_convert_refuses_what_the_mcu_cannot_hold(datasets, tmp_path):
     with pytest.raises(ParityError, match="tensor arena: needs about .* the RAM budget is 1024 bytes"):
         convert_tflite(MODEL, profile, tmp_path / "out", precision="auto", calibration=cal, validation=val)
     assert not (tmp_path / "out" / "arduino-nano-33-ble-sense").exists()
+
+
+def test_cli_refuses_a_calibration_method_the_tflite_writer_does_not_have_before_any_work(tmp_path):
+    """A named method other than MinMax is refused for TFLite profiles (it used to be ignored), before
+    the ONNX profile of the same run is converted."""
+    shutil.copy(MODEL, tmp_path / "m.onnx")
+    res = CliRunner().invoke(cli, ["convert", str(tmp_path / "m.onnx"), "-p", "x86-64-gateway", "-p", "pixel-8",
+                                   "--calibration-method", "percentile",
+                                   "--calibration", str(SAMPLES / "calibration.npz"),
+                                   "--validation", str(SAMPLES / "validation.npz"), "--out", str(tmp_path / "o"),
+                                   "--json"])
+    assert res.exit_code == 2
+    err = json.loads(res.stderr if hasattr(res, "stderr") else res.output)["error"]
+    assert "percentile is not available for pixel-8" in err["message"] and "auto" in err["hint"]
+    assert not (tmp_path / "o").exists()     # the x86-64-gateway conversion did not start either

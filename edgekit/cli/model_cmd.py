@@ -85,7 +85,7 @@ def convert(model: Path, profile_ids: tuple[str, ...], calibration: Path, valida
 
         from converters.data import load_dataset
         from converters.onnx_pipeline import convert_onnx, inspect_onnx
-        from converters.tflite_pipeline import TFLITE_ENGINES, convert_tflite
+        from converters.tflite_pipeline import TFLITE_ENGINES, check_calibration_method, convert_tflite
         from converters.preprocess import parse_input_shapes
         from converters.torch_export import export_torch, is_torch_file
         from edgekit.core.profiles import load_profile
@@ -105,6 +105,9 @@ def convert(model: Path, profile_ids: tuple[str, ...], calibration: Path, valida
                     click.echo(f"  {msg}", err=True)
             else:
                 click.echo(f"  {msg}", err=True)
+        for p in profiles:  # before any work: a run must not stop half-way on a TFLite profile
+            if p.engine in TFLITE_ENGINES:
+                check_calibration_method(p, calibration_method)
         with tempfile.TemporaryDirectory(prefix="edgekit-export-") as tmp:
             src = export_torch(model, Path(tmp), shapes) if is_torch_file(model) else model
             names = [i["name"] for i in inspect_onnx(src)["inputs"]]
@@ -117,7 +120,8 @@ def convert(model: Path, profile_ids: tuple[str, ...], calibration: Path, valida
                     if p.engine in TFLITE_ENGINES:
                         reports.append(convert_tflite(src, p, out, precision=precision, calibration=cal,
                                                       validation=val, progress=say, task=task,
-                                                      dynamic_batch=dynamic_batch))
+                                                      dynamic_batch=dynamic_batch,
+                                                      calibration_method=calibration_method))
                     else:
                         reports.append(convert_onnx(src, p, out, precision=precision, calibration=cal,
                                                     validation=val, progress=say, input_shapes=shapes,
