@@ -133,7 +133,7 @@ def load_config(path: str | Path) -> AgentConfig:
 
 def render_config(*, device_id: str, fleet: str, profile: str, data_dir: str, trusted_root: str,
                   host: str, port: int, telemetry_interval_s: float = 30, threads: int = 0,
-                  identity: str | None = None) -> str:
+                  identity: str | None = None, freshness: str = "auto") -> str:
     """The TOML text of a config (used by the host to provision devices)."""
     return (
         f'device_id = "{device_id}"\nfleet = "{fleet}"\nprofile = "{profile}"\n'
@@ -141,4 +141,5 @@ def render_config(*, device_id: str, fleet: str, profile: str, data_dir: str, tr
         f'[mqtt]\nhost = "{host}"\nport = {port}\n' + (f'identity = "{identity}"\n' if identity else "") + "\n"
         f'[telemetry]\ninterval_s = {telemetry_interval_s}\n\n'
         f'[inference]\nthreads = {threads}\n'
+        + (f'\n[install]\nfreshness = "{freshness}"\n' if freshness != "auto" else "")
     )

@@ -69,7 +69,7 @@ class Proc:
 
 def provision_device(home: Path, device: str, profile: str, broker_port: int, root: Path, *,
                      fleet: str = "demo", telemetry_s: float = 2.0, threads: int = 0, host: str = "127.0.0.1",
-                     identity: str | None = None) -> Path:
+                     identity: str | None = None, freshness: str = "auto") -> Path:
     """Write what a device gets at provisioning: its copy of the trust root and an agent config
     (``identity``: its TLS identity folder, relative to ``home``; see ``edgekit device enroll``)."""
     from agent.config import render_config
@@ -79,7 +79,8 @@ def provision_device(home: Path, device: str, profile: str, broker_port: int, ro
     cfg = home / "agent.toml"
     cfg.write_text(render_config(device_id=device, fleet=fleet, profile=profile, data_dir="data",
                                  trusted_root="root.json", host=host, port=broker_port,
-                                 telemetry_interval_s=telemetry_s, threads=threads, identity=identity))
+                                 telemetry_interval_s=telemetry_s, threads=threads, identity=identity,
+                                 freshness=freshness))
     return cfg
 
 

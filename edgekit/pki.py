@@ -256,7 +256,7 @@ def load_pki(directory: str | Path) -> Pki:
 
 def enroll_device(pki: Pki, device: str, profile: str, out: Path, root: Path, *, broker_host: str = "127.0.0.1",
                   broker_port: int = 8883, fleet: str | None = None, days: float = 365, force: bool = False,
-                  telemetry_s: float = 30.0) -> Path:
+                  telemetry_s: float = 30.0, freshness: str = "auto") -> Path:
     """Everything a device is provisioned with, in one folder: certificate, keys, CA, trust root
     and an agent config using them. Returns the agent config path."""
     from .core.profiles import load_profile
@@ -267,4 +267,4 @@ def enroll_device(pki: Pki, device: str, profile: str, out: Path, root: Path, *,
         raise UsageError(f"trust root {root} not found", hint="Create the key store first: `edgekit keys init`.")
     pki.enroll(device, out, days=days, force=force)
     return provision_device(out, device, profile, broker_port, root, fleet=fleet or pki.index["fleet"],
-                            telemetry_s=telemetry_s, host=broker_host, identity=".")
+                            telemetry_s=telemetry_s, host=broker_host, identity=".", freshness=freshness)

@@ -128,6 +128,13 @@ def test_cli_pki_init_enroll_ls_revoke(tmp_path, keystore):
                     str(keystore.directory), "--out", str(tmp_path / "pi-9"), "--days", "5", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["state"] == "expiring"
+    from agent.config import load_config
+
+    assert load_config(tmp_path / "pi-9" / "agent.toml").freshness == "auto"
+    res = run(cli, ["device", "enroll", "pi-10", "-p", "raspberry-pi-4", "--pki", p, "--keys",
+                    str(keystore.directory), "--out", str(tmp_path / "pi-10"), "--freshness", "require", "--json"])
+    assert res.exit_code == 0, res.output
+    assert load_config(tmp_path / "pi-10" / "agent.toml").freshness == "require"  # the agent parses what enroll wrote
     res = run(cli, ["device", "ls", "--pki", p])
     assert res.exit_code == 0 and "pi-9" in res.output and "warning: pi-9" in res.output
     res = run(cli, ["device", "revoke", "pi-9", "--pki", p, "--json"])

@@ -91,11 +91,15 @@ def device() -> None:
 @click.option("--broker", default="127.0.0.1:8883", show_default=True, help="Broker HOST:PORT the agent uses.")
 @click.option("--days", default=365, show_default=True, help="Certificate lifetime.")
 @click.option("--force", is_flag=True, help="Re-enroll: a new certificate; the old one is revoked.")
+@click.option("--freshness", type=click.Choice(["auto", "require", "off"]), default="auto", show_default=True,
+              help="[install] freshness of the agent: require = every HTTP install must find the bundle in the "
+                   "registry's hosted TUF metadata, fresh (for registries run with `serve --trust`); auto = once "
+                   "the device has seen such metadata.")
 @pki_option
 @keys_option
 @json_option
-def enroll_cmd(device_id: str, profile: str, out: Path | None, broker: str, days: int, force: bool, pki_dir: str,
-               keys_dir: str, as_json: bool) -> None:
+def enroll_cmd(device_id: str, profile: str, out: Path | None, broker: str, days: int, force: bool, freshness: str,
+               pki_dir: str, keys_dir: str, as_json: bool) -> None:
     """Issue DEVICE_ID's certificate (CN = device id) and write its provisioning folder.
 
     \b
@@ -104,6 +108,7 @@ def enroll_cmd(device_id: str, profile: str, out: Path | None, broker: str, days
       edgekit-agent run --config agent.toml
     Example:
       edgekit device enroll pi-01 --profile raspberry-pi-4 --broker mqtt.example:8883
+      edgekit device enroll pi-02 -p raspberry-pi-4 --freshness require   # registry serves --trust
     """
     def body():
         from edgekit.deploy import parse_broker
@@ -115,7 +120,7 @@ def enroll_cmd(device_id: str, profile: str, out: Path | None, broker: str, days
         root = load_keystore(keys_dir).root_path
         folder = out or Path("provision") / device_id
         cfg = enroll_device(p, device_id, profile, folder, root, broker_host=host, broker_port=port, days=days,
-                            force=force)
+                            force=force, freshness=freshness)
         row = next(r for r in p.devices() if r["device"] == device_id)
         if as_json:
             return emit_json({**row, "folder": str(folder), "config": str(cfg)})
