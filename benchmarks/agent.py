@@ -587,6 +587,12 @@ def bench_install(work: Path, args) -> dict:
     med_b, med_c, med_1 = statistics.median(base_s), statistics.median(cand_s), statistics.median(cand1_s)
     med_h, med_m = statistics.median(http_s), statistics.median(mqtt_s)
     state_names = list(per_state[0])
+
+    def variant(what: str, times: list[float], states: list[dict]) -> dict:
+        return {"what": what, "median_s": round(statistics.median(times), 4), "all_s": [round(v, 4) for v in times],
+                "ratio_over_baseline": round(statistics.median(times) / med_b, 3),
+                "per_state_median_s": {s: round(statistics.median(r[s] for r in states), 4) for s in state_names}}
+
     return {
         "bundle_bytes": length, "model_bytes": model.stat().st_size, "runs": args.install_runs,
         "baseline_urllib_sha256": {"median_s": round(med_b, 4), "all_s": [round(v, 4) for v in base_s],
@@ -619,27 +625,16 @@ def bench_install(work: Path, args) -> dict:
             "floor_ratio_over_baseline": round((med_b + statistics.median(gate_s)) / med_b, 3),
             "candidate_over_floor": round(med_c / (med_b + statistics.median(gate_s)), 3)},
         "per_state_median_s": {s: round(statistics.median(r[s] for r in per_state), 4) for s in state_names},
-        "candidate_without_health_check": {
-            "what": "the same install with the health-check handler made a no-op (measurement only: the agent "
-                    "never skips it); serving loads the session in on_commit instead, and the switch waits for "
-                    "the slot fsync that otherwise overlaps the check",
-            "median_s": round(statistics.median(nohc_s), 4), "all_s": [round(v, 4) for v in nohc_s],
-            "ratio_over_baseline": round(statistics.median(nohc_s) / med_b, 3),
-            "per_state_median_s": {s: round(statistics.median(r[s] for r in per_state_nohc), 4) for s in state_names}},
-        "candidate_hash_while_copying": {
-            "what": "the same install without member digests taken during the download (STREAMED_DIGESTS = "
-                    "False): verify reads every member back and hashes it while copying, interleaved",
-            "median_s": round(statistics.median(copyhash_s), 4), "all_s": [round(v, 4) for v in copyhash_s],
-            "ratio_over_baseline": round(statistics.median(copyhash_s) / med_b, 3),
-            "per_state_median_s": {s: round(statistics.median(r[s] for r in per_state_copyhash), 4)
-                                   for s in state_names}},
-        "candidate_durable_events": {
-            "what": "the same install with every event fsynced in the agent's spool (DURABLE_EVENTS = True, the "
-                    "policy before ADR 0015: two fsyncs per progress event), interleaved",
-            "median_s": round(statistics.median(durable_s), 4), "all_s": [round(v, 4) for v in durable_s],
-            "ratio_over_baseline": round(statistics.median(durable_s) / med_b, 3),
-            "per_state_median_s": {s: round(statistics.median(r[s] for r in per_state_durable), 4)
-                                   for s in state_names}},
+        "candidate_without_health_check": variant(
+            "the same install with the health-check handler made a no-op (measurement only: the agent never skips "
+            "it); serving loads the session in on_commit instead, and the switch waits for the slot fsync that "
+            "otherwise overlaps the check", nohc_s, per_state_nohc),
+        "candidate_hash_while_copying": variant(
+            "the same install without member digests taken during the download (STREAMED_DIGESTS = False): verify "
+            "reads every member back and hashes it while copying, interleaved", copyhash_s, per_state_copyhash),
+        "candidate_durable_events": variant(
+            "the same install with every event fsynced in the agent's spool (DURABLE_EVENTS = True, the policy "
+            "before ADR 0015: two fsyncs per progress event), interleaved", durable_s, per_state_durable),
         "verify_ab": verify_ab,
         "candidate_installer_threads_1": {
             "median_s": round(med_1, 4), "all_s": [round(v, 4) for v in cand1_s],
