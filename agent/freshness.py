@@ -19,7 +19,8 @@ Modes (``[install] freshness``): ``off`` (as before ADR 0010), ``require`` (ever
 install needs a verifying repository) and ``auto`` (default): like ``require`` once this device
 has verified the repository once; before that a registry that answers 404 for
 ``timestamp.json`` (it hosts no trust metadata) is skipped and the event says so. MQTT-only
-transfers and bench installs are not checked (documented gap). tuf loads lazily (first install).
+transfers fetch the same metadata through the broker (agent/trust_mqtt.py); bench installs are
+not checked (documented gap: no network). tuf loads lazily (first install).
 """
 
 from __future__ import annotations
@@ -63,16 +64,28 @@ class ReleaseCheck:
     def seen_before(self) -> bool:
         return (self.cache / "timestamp.json").exists()
 
-    def check(self, bundle_url: str, *, model: str, version: str, profile: str, sha256: str, length: int) -> dict:
-        """Details for the install event; raises a :class:`TrustRepositoryError` subclass to refuse."""
+    def check(self, bundle_url: str, *, model: str, version: str, profile: str, sha256: str, length: int,
+              fetcher: Callable[[float], object] | None = None) -> dict:
+        """Details for the install event; raises a :class:`TrustRepositoryError` subclass to refuse.
+        ``fetcher``: a factory (deadline -> ngclient fetcher) for another way to the registry than
+        HTTP next to the bundle: the broker (agent/trust_mqtt.py), for MQTT-only transfers."""
         if self.mode == "off":
             return {"freshness": "off"}
         from edgekit.core import trust
 
-        path, url = trust.released_target_path(model, version, profile), repository_url(bundle_url)
-        if self.mode == "auto" and not self.seen_before and not _hosts_metadata(url, self.deadline_s):
+        path = trust.released_target_path(model, version, profile)
+        if fetcher is None:
+            url = repository_url(bundle_url)
+            fetcher = _deadline_fetcher
+            hosts = lambda: _hosts_metadata(url, self.deadline_s)  # noqa: E731
+        else:
+            from . import trust_mqtt
+
+            url = trust_mqtt.REPOSITORY
+            hosts = lambda: trust_mqtt.hosts_metadata(fetcher(time.monotonic() + self.deadline_s))  # noqa: E731
+        if self.mode == "auto" and not self.seen_before and not hosts():
             return {"freshness": "unavailable", "repository": url}
-        updater = self._refresh(url)
+        updater = self._refresh(url, fetcher)
         if updater is None:
             return {"freshness": "unavailable", "repository": url}
         tf = self._lookup(updater, path)  # after it the cache holds the trusted current version of each role
@@ -96,14 +109,14 @@ class ReleaseCheck:
                 "timestamp_expires": info["timestamp"].signed.expires.isoformat()}
 
     # -- steps ---------------------------------------------------------------------------------
-    def _refresh(self, url: str):
+    def _refresh(self, url: str, fetcher: Callable[[float], object]):
         from tuf.api import exceptions as tuf_exc
         from tuf.ngclient import Updater
 
         first_time = not self.seen_before
         try:
             self._seed_roots()
-            updater = Updater(str(self.cache), url, fetcher=_deadline_fetcher(time.monotonic() + self.deadline_s),
+            updater = Updater(str(self.cache), url, fetcher=fetcher(time.monotonic() + self.deadline_s),
                               bootstrap=self.factory_root.read_bytes())
             updater.refresh()
             return updater

@@ -45,7 +45,7 @@ from .runtime import Runner, available_engines, load_runner, serving_threads
 from .slots import Slots
 
 TRANSITIONS: dict[tuple[str, str], str] = {
-    ("checking_release", "ok"): "downloading",  # HTTP notices: hosted TUF metadata lists it, fresh (ADR 0010)
+    ("checking_release", "ok"): "downloading",  # hosted TUF metadata lists it, fresh (ADR 0010; HTTP or broker)
     ("checking_release", "fail"): "failed",
     ("downloading", "ok"): "verifying",
     ("verifying", "ok"): "staging",
@@ -132,7 +132,7 @@ class Installer:
                  health_timeout_s: float = 60.0, on_commit: OnCommit | None = None, device_id: str | None = None,
                  device_key: Path | None = None, min_rate_bps: float | None = None, download_grace_s: float | None = None,
                  chunk_source: "Callable[[InstallRequest], object] | None" = None, spin: bool = False,
-                 freshness: str = "auto") -> None:
+                 freshness: str = "auto", metadata_fetcher: "Callable[[float], object] | None" = None) -> None:
         self.data_dir = Path(data_dir)
         self.profile, self.trusted_root, self.emit = profile, trusted_root, emit
         self.threads, self.allow_expired, self.health_runs = threads, allow_expired, health_runs
@@ -153,6 +153,7 @@ class Installer:
             "checking_release": self._check_release,
         }
         self.freshness = freshness  # [install] freshness: auto | require | off (agent/freshness.py)
+        self.metadata_fetcher = metadata_fetcher  # hosted TUF metadata over the broker (agent/trust_mqtt.py)
         self._verified_manifest: dict | None = None
         self._streamed: tuple[str, dict | None] | None = None  # (bundle path, MemberDigests result)
         from .fetch import GRACE_S, MIN_RATE_BPS
@@ -183,7 +184,8 @@ class Installer:
     # -- driver ------------------------------------------------------------------------------
     def install(self, request: InstallRequest) -> InstallRecord:
         first = "rollback_check" if request.kind == "rollback" else "downloading" if request.url else "verifying"
-        if first == "downloading" and request.transport == "http" and self.freshness != "off":
+        if first == "downloading" and self.freshness != "off" and (request.transport == "http"
+                                                                   or self.metadata_fetcher is not None):
             first = "checking_release"
         rec = InstallRecord(request=request, state=first, previous_slot=self.slots.current())
         return self._drive(rec)
@@ -244,7 +246,8 @@ class Installer:
         check = ReleaseCheck(self.data_dir, self.trusted_root, self.root_history, self._reference_time,
                              self.freshness, deadline_s=max(self.download_grace_s, 1.0))
         rec.details.update(check.check(req.url, model=req.model, version=req.version, profile=self.profile.id,
-                                       sha256=req.sha256, length=req.length))
+                                       sha256=req.sha256, length=req.length,
+                                       fetcher=self.metadata_fetcher if req.transport == "mqtt" else None))
 
     def _download(self, rec: InstallRecord) -> None:
         from .fetch import download

@@ -67,7 +67,8 @@ class Agent:
                                    health_runs=cfg.health_runs, health_timeout_s=cfg.health_timeout_s,
                                    on_commit=self._load_model, device_id=cfg.device_id, device_key=cfg.device_key,
                                    min_rate_bps=cfg.min_rate_bps, download_grace_s=cfg.download_grace_s,
-                                   chunk_source=self._chunk_source, spin=cfg.spin, freshness=cfg.freshness)
+                                   chunk_source=self._chunk_source, spin=cfg.spin, freshness=cfg.freshness,
+                                   metadata_fetcher=self._metadata_fetcher)
         self.session = self._next_session()
 
     # -- model serving ---------------------------------------------------------------------
@@ -207,6 +208,15 @@ class Agent:
             raise TransportError("no broker session for an MQTT transfer")
         return MqttChunkSource(self.conn, self.cfg.fleet, self.cfg.device_id, req.sha256,
                                chunk_bytes=self.cfg.mqtt_chunk_bytes)
+
+    def _metadata_fetcher(self, end: float):
+        """MQTT transfer: the release check reads the registry's hosted TUF metadata over this session."""
+        from .trust_mqtt import metadata_fetcher
+
+        if self.conn is None:
+            raise TransportError("no broker session to check the release over")
+        return metadata_fetcher(self.conn, self.cfg.fleet, self.cfg.device_id, end,
+                                chunk_bytes=self.cfg.mqtt_chunk_bytes)
 
     def _on_infer(self, payload: bytes, props) -> None:
         from edgekit.core import tensors

@@ -170,7 +170,7 @@ def test_rotated_snapshot_key_root_reaches_the_agents_history(trust_registry_fac
     assert (tmp_path / "dev" / "trust" / "2.root.json").exists()  # the agent's one root history follows
 
 
-def test_mqtt_transfers_and_bench_installs_skip_the_check(tmp_path, keystore):
+def test_bench_installs_and_mqtt_transfers_without_a_broker_session_skip_the_check(tmp_path, keystore):
     events: list = []
     inst = installer(tmp_path, keystore, events)
     rec = inst.install(InstallRequest(deployment_id="b1", bundle_path=str(tmp_path / "missing.bundle")))
@@ -178,11 +178,14 @@ def test_mqtt_transfers_and_bench_installs_skip_the_check(tmp_path, keystore):
     events.clear()
     rec = inst.install(InstallRequest(deployment_id="m1", url="mqtt:", sha256="0" * 64, length=10, model="m",
                                       version="1", transport="mqtt"))
-    assert events[0][0] == "downloading"  # documented gap: no hosted metadata over the broker
+    assert events[0][0] == "downloading"  # an installer without a metadata fetcher (the agent always has one)
 
 
-def test_agent_refuses_a_withdrawn_release_over_http_and_keeps_serving(trust_registry_factory, agent_factory,
-                                                                       make_bundle, keystore, broker):
+@pytest.mark.parametrize("transport", ["http", "mqtt"])
+def test_agent_refuses_a_withdrawn_release_and_keeps_serving(transport, trust_registry_factory, agent_factory,
+                                                             make_bundle, keystore, broker):
+    """Over HTTP the agent reads the hosted metadata from the registry's /tuf/; a broker-only transfer
+    (notice transport "mqtt") reads the same files from the registry's chunk server (agent/trust_mqtt.py)."""
     import uuid
 
     from edgekit.core.mqtt import MqttConnection
@@ -196,7 +199,8 @@ def test_agent_refuses_a_withdrawn_release_over_http_and_keeps_serving(trust_reg
     seen: list[dict] = []
 
     def deploy(pub):
-        notice = make_notice(pub["manifest"], pub, device="dev-1", fleet="demo", signer=keystore.notice_signer())
+        notice = make_notice(pub["manifest"], pub, device="dev-1", fleet="demo", signer=keystore.notice_signer(),
+                             transport=transport)
         push(conn, "demo", "dev-1", notice)
         return watcher.wait_terminal({"dev-1": notice["deployment_id"]}, 60, lambda d, e: seen.append(e))["dev-1"]
 
@@ -204,6 +208,8 @@ def test_agent_refuses_a_withdrawn_release_over_http_and_keeps_serving(trust_reg
         ok = deploy(publish(reg, make_bundle(version="1.0.0")))
         assert ok["state"] == "committed", ok
         assert any(e["state"] == "downloading" and e["details"]["freshness"] == "verified" for e in seen), seen
+        # timestamp, snapshot, targets and released came over the broker for the MQTT transfer, not for HTTP
+        assert (reg.chunks.metadata_served >= 4) if transport == "mqtt" else reg.chunks.metadata_served == 0
         v2 = publish(reg, make_bundle(version="2.0.0"))
         m = v2["manifest"]["model"]
         api(reg.url, "POST", f"/api/v1/models/{m['name']}/versions/{m['version']}", body={"stage": "deprecated"})
@@ -215,5 +221,43 @@ def test_agent_refuses_a_withdrawn_release_over_http_and_keeps_serving(trust_reg
         while time.time() < deadline and (api(reg.url, "GET", "/api/v1/devices/dev-1") or {}).get("version") != "1.0.0":
             time.sleep(0.2)
         assert api(reg.url, "GET", "/api/v1/devices/dev-1")["version"] == "1.0.0"
+    finally:
+        conn.close()
+
+
+def test_hosted_metadata_over_the_broker_matches_http_and_fails_like_it(trust_registry_factory, broker, tmp_path):
+    """agent/trust_mqtt.py against the registry's real chunk server through mosquitto: the same bytes as
+    GET /tuf/..., in several chunks; an unknown file is HTTP 404 for ngclient; a request naming both a
+    bundle and a file is refused; no chunk server at all ends at the deadline as slow retrieval."""
+    import requests
+    from tuf.api import exceptions as tuf_exc
+
+    from agent import trust_mqtt
+    from edgekit.core import chunks, messages, topics
+    from edgekit.core.errors import MessageError
+    from edgekit.core.mqtt import MqttConnection
+
+    reg = trust_registry_factory()
+    conn = MqttConnection("edgekit-agent-dev-7", "127.0.0.1", broker.port)
+    conn.connect()
+    try:
+        fetcher = trust_mqtt.metadata_fetcher(conn, "demo", "dev-7", time.monotonic() + 10, chunk_bytes=100)
+        over_mqtt = b"".join(fetcher.fetch(trust_mqtt.REPOSITORY + "timestamp.json"))
+        assert over_mqtt == requests.get(f"{reg.url}/tuf/timestamp.json", timeout=10).content
+        assert reg.chunks.metadata_served == -(-len(over_mqtt) // 100) > 1
+        with pytest.raises(tuf_exc.DownloadHTTPError) as info:
+            fetcher.fetch(trust_mqtt.REPOSITORY + "99.root.json")
+        assert info.value.status_code == 404 and trust_mqtt.hosts_metadata(fetcher)
+        both = messages.dumps({"schema": messages.CHUNK_REQUEST, "sha256": "a" * 64, "name": "timestamp.json",
+                               "offset": 0, "length": 10})
+        with pytest.raises(MessageError, match="exactly one"):
+            chunks.decode(conn.request(topics.chunk_request("demo", "dev-7"), both,
+                                       topics.chunk_response("demo", "dev-7"), timeout=10))
+        reg.chunks.stop()  # nobody answers any more
+        slow = trust_mqtt.metadata_fetcher(conn, "demo", "dev-7", time.monotonic() + 0.5)
+        t0 = time.monotonic()
+        with pytest.raises(tuf_exc.SlowRetrievalError):
+            slow.fetch(trust_mqtt.REPOSITORY + "timestamp.json")
+        assert time.monotonic() - t0 < 3
     finally:
         conn.close()

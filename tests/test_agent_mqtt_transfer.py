@@ -62,6 +62,9 @@ def test_install_over_mqtt_then_corrupted_chunk_keeps_old_model(op, agent_factor
     stored, ev = op(make_bundle(version="1.0.0"))
     assert ev["state"] == "committed", ev
     assert registry.chunks.served >= 1 and registry.chunks.bytes_served == stored["length"]
+    # the release check asked this registry's chunk server for timestamp.json: it hosts none (404), and in
+    # [install] freshness = "auto" a device that never saw hosted metadata goes on (agent/trust_mqtt.py)
+    assert ev["details"]["freshness"] == "unavailable" and ev["details"]["repository"].startswith("mqtt://")
 
     # v2: the registry's copy gets one flipped byte in the middle -> the chunk carrying it is corrupt
     def flip_a_byte(stored):
@@ -144,7 +147,7 @@ def test_chunk_frame_round_trip_and_malformed():
         with pytest.raises(MessageError):
             chunks.decode(bad)
     with pytest.raises(TransportError, match="gone"):
-        chunks.decode(chunks.error_frame("c" * 64, 0, TransportError("gone")))
+        chunks.decode(chunks.error_frame({"sha256": "c" * 64}, 0, TransportError("gone")))
 
 
 def test_acl_allows_chunk_topics_only_in_own_subtree():

@@ -1,13 +1,14 @@
 """MQTT chunked transfer of bundle bytes: the request message and the binary answer frame.
 
 For devices that reach only the broker. The device publishes ``edgekit.chunk.request/1``
-(JSON: ``sha256``, ``offset``, ``length``) on :func:`~edgekit.core.topics.chunk_request` with an
-MQTT 5 correlation id; the chunk server (the registry) answers on
-:func:`~edgekit.core.topics.chunk_response` of *that* device with one binary frame::
+(JSON: ``sha256`` of a bundle *or* ``name`` of a hosted TUF metadata file, ``offset``, ``length``)
+on :func:`~edgekit.core.topics.chunk_request` with an MQTT 5 correlation id; the chunk server (the
+registry) answers on :func:`~edgekit.core.topics.chunk_response` of *that* device with one binary frame::
 
     frame  = magic "EKC1" | u32 header_len | header (JSON, UTF-8) | data
-    header = {"sha256", "offset", "total", "length"}          on success (length = len(data))
-           | {"sha256", "offset", "error": {code, message}}    on failure (no data)
+    header = {"sha256"|"name", "offset", "total", "length"}          on success (length = len(data))
+           | {"sha256"|"name", "offset", "error": {code, message}}    on failure (no data; a missing
+                                                                       file has details.status 404)
 
 No base64: the bytes travel as they are. The frame only says which bytes these are; what they
 are worth is decided by the device (byte cap from the signed length, SHA-256 of the whole
@@ -54,5 +55,6 @@ def decode(frame: bytes) -> tuple[dict, memoryview]:
     return header, data
 
 
-def error_frame(sha256: str, offset: int, err: EdgekitError) -> bytes:
-    return encode({"sha256": sha256, "offset": offset, "error": err.to_dict()})
+def error_frame(ref: dict, offset: int, err: EdgekitError) -> bytes:
+    """``ref``: what was asked for, ``{"sha256": ...}`` or ``{"name": ...}``."""
+    return encode({**ref, "offset": offset, "error": err.to_dict()})

@@ -18,6 +18,8 @@ from .schema import matches, non_negative, one_of, positive, validate
 
 _SHA256 = matches(re.compile(r"^[0-9a-f]{64}$"), "a lower-case hex SHA-256")
 _URL = matches(re.compile(r"https?://\S+"), "an http(s) URL")
+_TRUST_NAME = matches(re.compile(r"^(?:\d{1,10}\.[a-z]{1,32}|timestamp)\.json$"),
+                      "a TUF metadata file name (timestamp.json or N.ROLE.json)")
 MAX_PAYLOAD = 8 * 1024 * 1024
 
 STATUS = "edgekit.status/1"
@@ -28,7 +30,8 @@ INFER_REQUEST = "edgekit.infer.request/1"
 INFER_RESPONSE = "edgekit.infer.response/1"
 SENSOR = "edgekit.sensor/1"          # streaming mode: a sample for the device to infer on
 PREDICTION = "edgekit.prediction/1"  # streaming mode: the device's answer to one SENSOR message
-CHUNK_REQUEST = "edgekit.chunk.request/1"  # MQTT transfer: bytes [offset, offset+length) of a bundle
+CHUNK_REQUEST = "edgekit.chunk.request/1"  # MQTT transfer: bytes [offset, offset+length) of a bundle (sha256)
+                                           # or of a hosted trust metadata file (name), exactly one of them
 TRANSPORTS = ("http", "mqtt")
 ROLLBACK = "edgekit.rollback/1"      # cmd/rollback: switch back to the previous verified slot (signed)
 
@@ -83,8 +86,8 @@ SCHEMAS: dict[str, dict] = {
         "version": (str, False, None), "device": (str, False, None),
     },
     CHUNK_REQUEST: {
-        "schema": (str, True, None), "sha256": (str, True, _SHA256), "offset": (int, True, non_negative),
-        "length": (int, True, positive),
+        "schema": (str, True, None), "sha256": (str, False, _SHA256), "name": (str, False, _TRUST_NAME),
+        "offset": (int, True, non_negative), "length": (int, True, positive),
     },
     SENSOR: {
         "schema": (str, True, None), "ts": ((int, float), True, positive), "inputs": (dict, True, None),

@@ -32,7 +32,8 @@ class Registry:
                              tls=tls, receiver=receiver)
         self.http = RegistryHTTPServer((http_host, http_port), self.engine, store, self.ingest,
                                        private_reads=private_reads)
-        self.chunks = ChunkServer(self.ingest.conn, store, shared_group=self.ingest.shared_group)  # MQTT transfer
+        self.chunks = ChunkServer(self.ingest.conn, store, shared_group=self.ingest.shared_group,
+                                  engine=self.engine)  # MQTT transfer: bundles and hosted trust metadata
         self.rollouts = RolloutEngine(self.engine, self._publish, lambda: self.http.base_url, tick_s,
                                       can_send=lambda: self.ingest.conn.connected,
                                       notice_signer=notice_signer) if rollouts else None
