@@ -95,18 +95,15 @@ def rerelease_bundle(bundle_path: Path, store: KeyStore, out_dir: Path, *, above
     release: devices refuse an older counter (anti-rollback), so the earlier model is released anew
     (ADR 0011). The bundle is verified against this key store's root first (signature and every
     member hash, expiry ignored): only content this key store signed is ever signed again. The
-    manifest keeps name and version and records ``rereleased_from`` (the release it copies)."""
+    manifest keeps name and version and records ``rereleased_from`` (the release it copies). An
+    encrypted artifact is re-signed as it is, sealed: the same recipients can open it, and the host
+    never needs a device key."""
     import tempfile
 
-    manifest = bundle.peek_manifest(bundle_path)
-    if manifest.get("encryption"):
-        raise UsageError(f"{Path(bundle_path).name} is encrypted to its devices and cannot be re-signed as is",
-                         hint="Release the converted artifacts again with `edgekit release --release N --encrypt-to "
-                              "...` (N above the newest release of the model).")
     with tempfile.TemporaryDirectory(prefix="edgekit-rerelease-") as tmp:
         root = trust.load_root(store.root_bytes())
         try:
-            vb = bundle.open_bundle(bundle_path, root, Path(tmp) / "content", allow_expired=True)
+            vb = bundle.open_bundle(bundle_path, root, Path(tmp) / "content", allow_expired=True, unseal=False)
         except TrustError as exc:
             raise TrustError(f"{Path(bundle_path).name} is not signed by this key store ({store.directory}): "
                              f"{exc.message}", hint="Re-sign with the key store that released it, or release the "

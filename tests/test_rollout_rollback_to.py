@@ -98,5 +98,5 @@ def test_rerelease_verifies_the_bundle_against_the_key_store_first(bundles, keys
     assert vb.manifest["model"]["release"] == m["model"]["release"]
     original = bundle.open_bundle(bundles["1.0.0"], root, tmp_path / "orig")
     assert vb.artifact_path.read_bytes() == original.artifact_path.read_bytes()  # same model, new counter
-    with pytest.raises(BundleError, match="not a readable bundle"):
+    with pytest.raises(BundleError, match="bundle not found"):
         rerelease_bundle(tmp_path / "missing.bundle", keystore, tmp_path / "z")

@@ -121,3 +121,28 @@ def test_recipient_list_is_covered_by_the_release_signature(enc_bundle, keystore
     with pytest.raises(IntegrityError, match="sealed.json"):
         bundle.open_bundle(forged, trust.load_root(keystore.root_bytes()), tmp_path / "x",
                            device_id="dev-2", device_key=tmp_path / "id" / "dev-2" / "enc.key")
+
+
+def test_an_encrypted_release_is_re_signed_sealed_and_still_opens_only_on_its_recipient(enc_bundle, artifacts,
+                                                                                          keystore, tmp_path):
+    """rerelease_bundle (rollback to an older release, ADR 0011) on an encrypted bundle: verified, re-signed
+    with a higher counter without the host ever decrypting it; the recipient opens the same model."""
+    from edgekit.release import rerelease_bundle
+
+    before = bundle.peek_manifest(enc_bundle)
+    out = rerelease_bundle(enc_bundle, keystore, tmp_path / "re", above=before["model"]["release"] + 10)
+    m = bundle.peek_manifest(out)
+    assert m["model"]["release"] > before["model"]["release"] + 10
+    assert m["rereleased_from"]["release"] == before["model"]["release"]
+    assert m["encryption"] == before["encryption"]
+    with tarfile.open(out) as tar, tarfile.open(enc_bundle) as old:
+        assert "model.onnx" not in tar.getnames()
+        assert tar.extractfile("model.onnx.sealed").read() == old.extractfile("model.onnx.sealed").read()
+    root = trust.load_root(keystore.root_bytes())
+    vb = bundle.open_bundle(out, root, tmp_path / "dev1", device_id="dev-1",
+                            device_key=tmp_path / "id" / "dev-1" / "enc.key")
+    model = (artifacts / "fp32" / "raspberry-pi-4" / "model.onnx").read_bytes()
+    assert vb.artifact_path.read_bytes() == model and vb.manifest["model"]["release"] == m["model"]["release"]
+    with pytest.raises(EncryptionError, match="not for this device"):
+        bundle.open_bundle(out, root, tmp_path / "dev2", device_id="dev-2",
+                           device_key=tmp_path / "id" / "dev-2" / "enc.key")

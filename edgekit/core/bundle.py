@@ -341,7 +341,8 @@ def _copy_range(src_fd: int, dest: Path, offset: int, size: int) -> None:
 def open_bundle(path: str | Path, root, dest: str | Path, *, reference_time: float | None = None,
                 allow_expired: bool = False, max_bytes: int = MAX_BUNDLE_BYTES,
                 root_history: Path | None = None, device_id: str | None = None,
-                device_key: Path | None = None, streamed: dict | None = None) -> VerifiedBundle:
+                device_key: Path | None = None, streamed: dict | None = None,
+                unseal: bool = True) -> VerifiedBundle:
     """Verify ``path`` against the provisioned ``root`` metadata and extract it into ``dest``.
 
     Newer roots the bundle carries are followed first (and persisted to ``root_history``, see
@@ -349,6 +350,8 @@ def open_bundle(path: str | Path, root, dest: str | Path, *, reference_time: flo
     removed again. An encrypted artifact (manifest ``encryption``) is decrypted with
     ``device_key`` (this device's X25519 key) after every signature and hash has been checked.
     ``streamed``: member digests taken while the file was downloaded (:class:`MemberDigests`).
+    ``unseal=False`` leaves an encrypted artifact sealed (signatures and hashes are still checked):
+    the host re-signing a release it cannot decrypt (:func:`edgekit.release.rerelease_bundle`).
     """
     from . import trust
     from .atomic import remove_tree
@@ -402,7 +405,7 @@ def open_bundle(path: str | Path, root, dest: str | Path, *, reference_time: flo
         for name in (*needed, manifest["golden"]["file"]):
             if name not in members:
                 raise IntegrityError(f"manifest names {name!r} but the bundle does not hold it")
-        if enc is not None:
+        if enc is not None and unseal:
             _unseal(dest, manifest, device_id, device_key)
     except BundleError:
         remove_tree(dest)
