@@ -22,7 +22,7 @@ Example::
     min_rate_bps = 8192                 # slow-retrieval guard: a download must average this rate ...
     download_grace_s = 30               # ... with this much slack (deadline = grace + length / rate)
     mqtt_chunk_bytes = 262144           # chunk size for notices with transport "mqtt"
-    freshness = "auto"                  # HTTP installs: registry's hosted TUF metadata must list the bundle,
+    freshness = "auto"                  # notice installs (HTTP, broker): registry's hosted TUF metadata must list the bundle,
                                         # fresh (auto: once seen; require; off) - agent/freshness.py, ADR 0010
     [endpoint]                          # optional: local inference for other processes (agent/endpoint.py)
     port = 8765                         # HTTP on 127.0.0.1 (0 = any free port; omit = no TCP endpoint)

@@ -92,8 +92,8 @@ def device() -> None:
 @click.option("--days", default=365, show_default=True, help="Certificate lifetime.")
 @click.option("--force", is_flag=True, help="Re-enroll: a new certificate; the old one is revoked.")
 @click.option("--freshness", type=click.Choice(["auto", "require", "off"]), default="auto", show_default=True,
-              help="[install] freshness of the agent: require = every HTTP install must find the bundle in the "
-                   "registry's hosted TUF metadata, fresh (for registries run with `serve --trust`); auto = once "
+              help="[install] freshness of the agent: require = every install from the registry (HTTP or broker) "
+                   "must find the bundle in its hosted TUF metadata, fresh (for registries run with `serve --trust`); auto = once "
                    "the device has seen such metadata.")
 @pki_option
 @keys_option
