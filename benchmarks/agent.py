@@ -517,7 +517,8 @@ def bench_install(work: Path, args) -> dict:
 
         def candidate_mqtt(i: int) -> float:
             data_dir = work / "install" / f"mqtt-{i}"
-            inst = Installer(data_dir, profile, store.root_path, lambda *a: None, chunk_source=lambda req: mqtt.source())
+            inst = Installer(data_dir, profile, store.root_path, lambda *a: None, chunk_source=lambda req: mqtt.source(),
+                             metadata_fetcher=mqtt.metadata_fetcher)  # the release check over the broker, as the agent
             t0 = time.perf_counter()
             rec = inst.install(InstallRequest(deployment_id=f"bench-m{i}", url=url, sha256=sha, length=length,
                                               transport="mqtt"))
@@ -844,6 +845,11 @@ class stack_mqtt:
         from agent.fetch_mqtt import MqttChunkSource
 
         return MqttChunkSource(self.device, "bench", "dev-1", self.sha)
+
+    def metadata_fetcher(self, end: float):  # this chunk server hosts no trust metadata: auto mode probes, goes on
+        from agent.trust_mqtt import metadata_fetcher
+
+        return metadata_fetcher(self.device, "bench", "dev-1", end)
 
     def close(self) -> None:
         self.device.close()
