@@ -231,6 +231,8 @@ class Installer:
         if err is not None:
             rec.error = err.to_dict()
         remove_tree(self._work(rec))
+        if rec.request.url:  # what this notice downloaded (a refused bundle too: nothing accumulates on disk)
+            self._discard_downloads(keep=None)
         self._save(rec)
         ok = state in ("committed", "already_installed") or (
             state == "rolled_back" and rec.request.kind == "rollback" and not rec.error)  # commanded: success
@@ -254,6 +256,7 @@ class Installer:
 
         req = rec.request
         path = self.data_dir / "downloads" / f"{req.deployment_id}.bundle"
+        self._discard_downloads(keep=req.deployment_id)  # leftovers of other deployments (killed mid-way)
         if not path.exists():
             if req.transport == "mqtt":
                 if self.chunk_source is None:
@@ -275,6 +278,13 @@ class Installer:
                 if digests is not None:  # memory only: after a crash, verify re-hashes
                     self._streamed = (str(path), digests.result())
         req.bundle_path = str(path)
+
+    def _discard_downloads(self, keep: str | None) -> None:
+        """Delete downloaded bundles and ``.part`` files except deployment ``keep``'s (one install at a time)."""
+        folder = self.data_dir / "downloads"
+        for path in folder.iterdir() if folder.is_dir() else ():
+            if keep is None or not path.name.startswith(f"{keep}.bundle"):
+                path.unlink(missing_ok=True)
 
     def _reference_time(self) -> float:
         floor_path = self.data_dir / "time_floor.json"
@@ -397,8 +407,6 @@ class Installer:
             checked = self._checked[1] if self._checked and self._checked[0] == rec.slot else None
             self.on_commit(self.slots.path(rec.slot), manifest, checked)
         self._checked = None
-        if rec.request.bundle_path and rec.request.url:
-            Path(rec.request.bundle_path).unlink(missing_ok=True)
 
     def release_floor(self, model: str) -> int:
         """The highest release of ``model`` this device served before a commanded rollback (0 if none)."""

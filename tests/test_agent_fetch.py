@@ -253,6 +253,33 @@ def test_streamed_digests_are_still_checked_against_the_signature(server, tmp_pa
     assert "model.onnx" not in kernel_copies  # checked before any byte of it was copied
     assert inst.slots.installed()["version"] == "1.0.0"
     assert not (tmp_path / "data" / "work" / "v2").exists()
+    assert not list((tmp_path / "data" / "downloads").iterdir())  # the refused bundle is not kept either
+
+
+def test_refused_bundles_and_leftovers_of_other_deployments_do_not_pile_up(server, tmp_path, keystore,
+                                                                          other_keystore, make_bundle):
+    """Every refused notice left its whole bundle in downloads/ (a device sent bad bundles filled its disk);
+    a .part of a deployment that never came back (the agent was killed mid-way) stayed too."""
+    from agent.installer import InstallRequest, Installer
+    from edgekit.core.profiles import load_profile
+
+    inst = Installer(tmp_path / "data", load_profile("raspberry-pi-4"), keystore.root_path, lambda *a: None,
+                     health_runs=3, freshness="off")
+    foreign = make_bundle(version="1.0.0", store=other_keystore).read_bytes()  # signed by another fleet
+    server.body = foreign
+    for i in range(3):
+        rec = inst.install(InstallRequest(f"bad-{i}", url=server.url, sha256=hashlib.sha256(foreign).hexdigest(),
+                                          length=len(foreign)))
+        assert rec.state == "failed" and rec.error["code"] == "trust"
+        assert not list((tmp_path / "data" / "downloads").iterdir())
+    stale = tmp_path / "data" / "downloads" / "gone-42.bundle.part"
+    stale.write_bytes(b"x" * 1000)
+    good = make_bundle(version="1.0.0").read_bytes()
+    server.body = good
+    rec = inst.install(InstallRequest("ok-1", url=server.url, sha256=hashlib.sha256(good).hexdigest(), length=len(good)))
+    assert rec.state == "committed" and not list((tmp_path / "data" / "downloads").iterdir())
+    flashed = make_bundle(version="2.0.0")  # a bench-flashed file is the user's: never deleted
+    assert inst.install(InstallRequest("bench", bundle_path=str(flashed))).state == "committed" and flashed.exists()
 def test_slow_trust_metadata_fails_the_check_before_any_download(server, tmp_path, keystore):
     """A server that trickles the hosted TUF metadata (agent/freshness.py) hits the same grace deadline."""
     from agent.installer import InstallRequest, Installer
