@@ -583,7 +583,7 @@ def bench_install(work: Path, args) -> dict:
         if "mqtt" in locals():
             mqtt.close()
 
-    health_ab = bench_health_check(work, bundle, store, serving_threads(0, profile.threads), runs=40)
+    health_ab = bench_health_check(gate, serving_threads(0, profile.threads), runs=40)
     verify_ab = bench_verify(work, bundle, store, runs=30)
     med_b, med_c, med_1 = statistics.median(base_s), statistics.median(cand_s), statistics.median(cand1_s)
     med_h, med_m = statistics.median(http_s), statistics.median(mqtt_s)
@@ -749,16 +749,14 @@ class GateAlone:
         return box["t"], box["faults"]
 
 
-def bench_health_check(work: Path, bundle: Path, store, threads: int, runs: int) -> dict:
+def bench_health_check(gate: "GateAlone", threads: int, runs: int) -> dict:
     """The health check alone (session build + golden + latency runs), current vs previous defaults,
-    interleaved: isolates the CPU-bound step from the download and fsync noise of whole installs."""
+    interleaved: isolates the CPU-bound step from the download and fsync noise of whole installs
+    (on the bundle ``gate`` extracted)."""
     import agent.installer as installer_mod
     from agent.runtime import load_runner
-    from edgekit.core import bundle as bundle_mod
-    from edgekit.core import trust
 
-    vb = bundle_mod.open_bundle(bundle, trust.load_trusted_root(store.root_path.read_bytes(), None), work / "hc")
-    m, d = vb.manifest, work / "hc"
+    m, d = gate.manifest, gate.dir
     far = installer_mod.FAR_FROM_BUDGET
 
     def one(current: bool) -> tuple[float, int]:
@@ -903,14 +901,12 @@ def print_table(res: dict) -> None:
     print(f"{'  floor: baseline + health check':34} {fl['floor_s']:8.3f} s   ratio {fl['floor_ratio_over_baseline']} "
           f"(health check alone {fl['gate_alone_median_s']} s, {fl['gate_alone_minor_faults_median']} page faults); "
           f"install / floor {fl['candidate_over_floor']}")
-    nohc = ins["candidate_without_health_check"]
-    print(f"{'  without the health check':34} {nohc['median_s']:8.3f} s   ratio {nohc['ratio_over_baseline']}")
-    print("    per state (median s): " + ", ".join(f"{k} {v}" for k, v in nohc["per_state_median_s"].items()))
-    de = ins["candidate_durable_events"]
-    print(f"{'  every event fsynced (before)':34} {de['median_s']:8.3f} s   ratio {de['ratio_over_baseline']}")
-    ch = ins["candidate_hash_while_copying"]
-    print(f"{'  hash while copying (no tap)':34} {ch['median_s']:8.3f} s   ratio {ch['ratio_over_baseline']}")
-    print("    per state (median s): " + ", ".join(f"{k} {v}" for k, v in ch["per_state_median_s"].items()))
+    for label, key in (("  without the health check", "candidate_without_health_check"),
+                       ("  every event fsynced (before)", "candidate_durable_events"),
+                       ("  hash while copying (no tap)", "candidate_hash_while_copying")):
+        v = ins[key]
+        print(f"{label:34} {v['median_s']:8.3f} s   ratio {v['ratio_over_baseline']}")
+        print("    per state (median s): " + ", ".join(f"{k} {x}" for k, x in v["per_state_median_s"].items()))
     va = ins["verify_ab"]
     print(f"{'verify (open_bundle) ms':34} streamed digests {va['streamed_digests_kernel_copy_ms']} vs hash while "
           f"copying {va['hash_while_copying_ms']} (ratio {va['ratio']}; digests alone {va['member_digests_alone_ms']})")
